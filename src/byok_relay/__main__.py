@@ -1,0 +1,3 @@
+from byok_relay.cli import main
+
+raise SystemExit(main())

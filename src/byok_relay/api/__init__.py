@@ -1,0 +1,1 @@
+"""Management routes (users, keys, tokens, metadata), their schemas and the OpenAPI doc."""

@@ -1,0 +1,148 @@
+"""Declaring a management endpoint: its route, auth, body and response models.
+
+The same declarations feed the router (app.py) and the OpenAPI document (openapi.py),
+so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from byok_relay.auth import Principal
+from byok_relay.crypto import constant_time_equals
+from byok_relay.errors import ApiError, json_response
+from byok_relay.services import SERVICES, Services
+
+Auth = Literal["none", "token", "app_secret", "app_secret_required"]
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: Auth
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    tag: str = "management"
+    limited: bool = True
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ENDPOINTS: list[Endpoint] = []
+
+
+def endpoint(
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    auth: Auth = "token",
+    body: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    tag: str = "management",
+    limited: bool = True,
+    errors: tuple[int, ...] = (),
+) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ENDPOINTS.append(
+            Endpoint(
+                method, path, fn, summary, auth, body, response, tag, limited, errors,
+                (fn.__doc__ or "").strip(),
+            )
+        )  # fmt: skip
+        return fn
+
+    return register
+
+
+def _field_message(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    kind = err["type"]
+    if kind == "missing":
+        return f"{loc} is required"
+    if kind in {"string_type", "str_type"}:
+        return f"{loc} must be a string"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc} {msg}" if kind == "value_error" else f"{loc}: {msg}"
+
+
+_JSON_TYPES = ("application/json",)
+
+
+async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    """A JSON object body checked against `model`; every failure is a clear 400."""
+    ctype = request.content_type
+    if request.headers.get("content-type") and not (
+        ctype in _JSON_TYPES or ctype.endswith("+json")
+    ):
+        raise ApiError(
+            400,
+            "Content-Type must be application/json "
+            "(with curl: -H 'content-type: application/json').",
+        )
+    svc = request.app[SERVICES]
+    limit = svc.settings.REQUEST_BODY_LIMIT_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"Request body is larger than the limit of {limit} bytes.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"Request body is larger than the limit of {limit} bytes.") from None
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "Request body must be valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, _field_message(exc.errors()[0])) from None
+
+
+def require_app_secret(request: web.Request, svc: Services, *, required: bool) -> None:
+    secret = svc.settings.APP_SECRET
+    if secret is None:
+        if required:
+            raise ApiError(503, "This endpoint needs APP_SECRET to be configured on the relay.")
+        return
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme != "Bearer" or not constant_time_equals(value, secret.get_secret_value()):
+        raise ApiError(
+            401, "Unauthorized: a valid Authorization: Bearer <APP_SECRET> header is required."
+        )
+
+
+def make_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        svc = request.app[SERVICES]
+        if ep.limited:
+            await svc.limiter.check("global", svc.client_address(request))
+        kwargs: dict[str, Any] = {}
+        if ep.auth == "token":
+            principal: Principal = await svc.auth.authenticate(request.headers)
+            request["user_id"] = principal.user_id
+            kwargs["principal"] = principal
+        elif ep.auth in ("app_secret", "app_secret_required"):
+            require_app_secret(request, svc, required=ep.auth == "app_secret_required")
+        if ep.body is not None:
+            kwargs["body"] = await parse_body(request, ep.body)
+        result = await ep.handler(request, svc, **kwargs)
+        if isinstance(result, web.StreamResponse):
+            return result
+        if isinstance(result, BaseModel):
+            return json_response(result.model_dump(mode="json"))
+        return json_response(result)
+
+    return handle

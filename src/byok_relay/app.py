@@ -1,0 +1,226 @@
+"""Assembly: the aiohttp application, its routes and the cross-cutting behaviour.
+
+One middleware does what every request needs (request id, preflight, error → JSON, the
+access-log line); one response-prepare hook stamps CORS, security and request-id headers
+on every response, streamed ones included, just before their headers leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from byok_relay.api import keys, meta, users  # noqa: F401  (registers the endpoints)
+from byok_relay.api.endpoints import ENDPOINTS, make_handler
+from byok_relay.config import Settings
+from byok_relay.errors import ApiError, json_response
+from byok_relay.logs import access_logger
+from byok_relay.providers import ProviderRegistry
+from byok_relay.services import SERVICES, Services
+from byok_relay.storage import StorageUnavailable
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SANE_HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~\-, ]{0,2048}$")
+ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
+# Provider and relay headers a browser may read (Access-Control-Expose-Headers).
+EXPOSED_HEADERS = ", ".join(
+    [
+        "X-Relay-Request-Id",
+        "x-request-id",
+        "request-id",
+        "retry-after",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+        "openai-processing-ms",
+        "openai-version",
+        *(
+            f"x-ratelimit-{kind}-{unit}"
+            for kind in ("limit", "remaining", "reset")
+            for unit in ("requests", "tokens")
+        ),
+        *(
+            f"anthropic-ratelimit-{unit}-{kind}"
+            for unit in ("requests", "tokens", "input-tokens", "output-tokens")
+            for kind in ("limit", "remaining", "reset")
+        ),
+    ]
+)
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+)
+_HSTS = "max-age=31536000; includeSubDomains"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Cors:
+    def __init__(self, origins: list[str]) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(o.rstrip("/") for o in origins)
+
+    def allow_origin(self, origin: str | None) -> str | None:
+        if origin is None:
+            return None
+        if self.any:
+            return "*"
+        return origin if origin in self.origins else None
+
+
+def _new_request_id() -> str:
+    return os.urandom(8).hex()
+
+
+def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> web.Application:
+    registry = registry or ProviderRegistry.load(
+        settings.PROVIDERS_FILE, settings.provider_base_urls
+    )
+    services = Services.build(settings, registry)
+    cors = Cors(settings.allowed_origins)
+    https_forwarded = bool(settings.TRUSTED_PROXIES)
+
+    @web.middleware
+    async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        sent_id = request.headers.get("x-request-id")
+        rid = sent_id if sent_id and _SANE_REQUEST_ID.match(sent_id) else _new_request_id()
+        request["rid"] = rid
+        status = 500
+        try:
+            if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+                response: web.StreamResponse = _preflight(request, cors)
+            else:
+                response = await handler(request)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            return exc.response()
+        except web.HTTPException as exc:
+            # aiohttp's own refusals (404, 405, 413 …) in our JSON shape.
+            status = exc.status
+            return json_response(
+                {"error": _http_error_message(exc, request)}, exc.status, _keep_headers(exc)
+            )
+        except StorageUnavailable:
+            status = 503
+            return json_response(
+                {"error": "The relay's database is unavailable; try again shortly."}, 503
+            )
+        except asyncio.CancelledError:
+            status = 499  # the client went away; the upstream request is cancelled with us
+            raise
+        except Exception:
+            access_logger.exception("unhandled error", extra={"fields": {"id": rid}})
+            return json_response({"error": "Internal error in the relay."}, 500)
+        finally:
+            access_logger.info(
+                "request",
+                extra={
+                    "fields": {
+                        "id": rid,
+                        "method": request.method,
+                        "route": _route_name(request),
+                        "status": status,
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "provider": request.get("provider"),
+                        "model": request.get("model"),
+                        "stream_error": request.get("stream_error"),
+                    }
+                },
+            )
+
+    async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        rid = request.get("rid")
+        if rid:
+            headers["X-Relay-Request-Id"] = rid
+        allowed = cors.allow_origin(request.headers.get("origin"))
+        if allowed:
+            headers["Access-Control-Allow-Origin"] = allowed
+            headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+            if allowed != "*":
+                headers["Vary"] = "Origin"
+        for name, value in SECURITY_HEADERS:
+            headers[name] = value
+        if request.secure or (
+            https_forwarded and request.headers.get("x-forwarded-proto") == "https"
+        ):
+            headers["Strict-Transport-Security"] = _HSTS
+        headers.pop("Set-Cookie", None)
+
+    app = web.Application(
+        middlewares=[request_context], client_max_size=settings.REQUEST_BODY_LIMIT_BYTES
+    )
+    app[SERVICES] = services
+    app.on_response_prepare.append(stamp_headers)
+
+    async def lifecycle(app: web.Application) -> object:
+        await services.start()
+        yield
+        await services.stop()
+
+    app.cleanup_ctx.append(lifecycle)  # type: ignore[arg-type]
+
+    for ep in ENDPOINTS:
+        app.router.add_route(ep.method, ep.path, make_handler(ep))
+    relay = services.relay
+    app.router.add_route("POST", "/relay", relay.unified_route)
+    app.router.add_route("POST", "/relay/{provider}/{path:.*}", relay.provider_route)
+    app.router.add_route("GET", "/relay/{provider}/{path:.*}", relay.provider_route)
+    return app
+
+
+def _preflight(request: web.Request, cors: Cors) -> web.Response:
+    origin = request.headers.get("origin")
+    allowed = cors.allow_origin(origin)
+    if allowed is None:
+        raise ApiError(403, f"Origin {origin!r} is not allowed by this relay (ALLOWED_ORIGINS).")
+    asked = request.headers.get("access-control-request-headers", "")
+    if not _SANE_HEADER_LIST.match(asked):
+        raise ApiError(400, "Malformed Access-Control-Request-Headers.")
+    # Echo the requested headers: the SDKs send many (x-stainless-*, anthropic-*), and
+    # none of them can carry anything the relay would forward unchecked.
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": ALLOWED_METHODS,
+            "Access-Control-Allow-Headers": asked or "content-type, x-relay-token",
+            "Access-Control-Max-Age": "86400",
+            "Vary": "Origin, Access-Control-Request-Headers",
+        },
+    )
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    route = info.route if info is not None else None
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _http_error_message(exc: web.HTTPException, request: web.Request) -> str:
+    if exc.status == 404:
+        return f"Not found: {request.method} {request.path}. See GET /docs for the API."
+    if exc.status == 405:
+        return f"Method {request.method} is not allowed on {request.path}."
+    if exc.status == 413:
+        return "Request body is too large."
+    return exc.reason or "Request refused."
+
+
+def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def silence_aiohttp_access_log() -> None:
+    logging.getLogger("aiohttp.access").disabled = True

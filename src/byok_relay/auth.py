@@ -1,0 +1,95 @@
+"""Relay-token authentication: credential headers → HMAC → user, cached briefly.
+
+A token seen in the last CACHE_TTL_S seconds costs no database read. Revocation and
+deletion on this process drop the cache entry at once; other processes re-read within
+CACHE_TTL_S (and at once when an invalidation bus is configured).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+from byok_relay.crypto import TokenHasher, looks_like_token
+from byok_relay.errors import ApiError
+from byok_relay.storage import Storage, TokenRecord
+
+MISSING_TOKEN = (
+    "Missing relay token: send it in the x-relay-token header "
+    "(or Authorization: Bearer <token>). Get one with POST /users."
+)
+INVALID_TOKEN = "Invalid relay token: register with POST /users to get a new one."
+REVOKED_TOKEN = (
+    "This relay token was revoked or replaced: use the newer token, "
+    "or register again with POST /users."
+)
+EXPIRED_TOKEN = "This relay token has expired: register again with POST /users."
+
+_CACHE_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    app_id: str
+    token_hash: str
+    expires_at: int | None
+
+
+def read_credential(headers: CIMultiDictProxy[str]) -> str | None:
+    """SPEC §2 precedence: x-relay-token, Authorization: Bearer, x-api-key, x-goog-api-key."""
+    token = headers.get("x-relay-token")
+    if token:
+        return token.strip()
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return headers.get("x-api-key") or headers.get("x-goog-api-key") or None
+
+
+class Authenticator:
+    def __init__(self, storage: Storage, hasher: TokenHasher, cache_ttl_s: float) -> None:
+        self._storage = storage
+        self._hasher = hasher
+        self._ttl = cache_ttl_s
+        self._cache: dict[str, tuple[float, TokenRecord]] = {}
+
+    async def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
+        token = read_credential(headers)
+        if not token:
+            raise ApiError(401, MISSING_TOKEN)
+        if not looks_like_token(token):
+            raise ApiError(401, INVALID_TOKEN)
+        return await self.principal_for(self._hasher.hash(token))
+
+    async def principal_for(self, token_hash: str) -> Principal:
+        now = time.monotonic()
+        hit = self._cache.get(token_hash)
+        if hit is not None and now - hit[0] < self._ttl:
+            record = hit[1]
+        else:
+            found = await self._storage.lookup_token(token_hash)
+            if found is None:
+                self._cache.pop(token_hash, None)
+                raise ApiError(401, INVALID_TOKEN)
+            record = found
+            if len(self._cache) >= _CACHE_MAX:
+                # Drop the oldest entry (dicts keep insertion order).
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[token_hash] = (now, record)
+        if record.revoked_at is not None:
+            raise ApiError(401, REVOKED_TOKEN)
+        if record.expires_at is not None and record.expires_at <= time.time() * 1000:
+            raise ApiError(401, EXPIRED_TOKEN)
+        return Principal(record.user_id, record.app_id, token_hash, record.expires_at)
+
+    def forget_token(self, token_hash: str) -> None:
+        self._cache.pop(token_hash, None)
+
+    def forget_user(self, user_id: str) -> None:
+        for key in [k for k, (_, r) in self._cache.items() if r.user_id == user_id]:
+            del self._cache[key]

@@ -1,0 +1,242 @@
+"""The `byok-relay` command: serve, init, migrate, reencrypt, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from byok_relay import __version__
+from byok_relay.config import ENV_FILE, ConfigError, Settings, load_settings
+from byok_relay.logs import configure_logging, log_event
+from byok_relay.providers import ProviderConfigError
+
+
+def _fail(message: str) -> int:
+    print(f"byok-relay: {message}", file=sys.stderr)
+    return 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    for name in ("host", "port", "workers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name.upper()] = value
+    return load_settings(ENV_FILE, **overrides)
+
+
+# --- serve -------------------------------------------------------------------------
+async def _serve(settings: Settings, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from byok_relay.app import build_app
+
+    app = build_app(settings)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # client gone → handler cancelled → upstream closed
+        access_log=None,
+        shutdown_timeout=settings.SHUTDOWN_GRACE_S,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.HOST, settings.PORT, reuse_port=reuse_port)
+    await site.start()
+    log_event(
+        "byok-relay listening",
+        host=settings.HOST,
+        port=settings.PORT,
+        pid=os.getpid(),
+        version=__version__,
+        database=settings.database_url.split(":", 1)[0],
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log_event("shutting down: no new connections; open streams may finish",
+              grace_s=settings.SHUTDOWN_GRACE_S)  # fmt: skip
+    await runner.cleanup()
+    log_event("stopped")
+
+
+def _startup_warnings(settings: Settings) -> None:
+    if "*" in settings.allowed_origins:
+        log_event(
+            "ALLOWED_ORIGINS is * : any website can call this relay with a user's token. "
+            "Set ALLOWED_ORIGINS to your app's origin(s) in production.",
+            30,
+        )
+    if settings.APP_SECRET is None:
+        log_event("APP_SECRET is not set: POST /users is open to anyone.", 30)
+
+
+def _run_worker(settings: Settings, reuse_port: bool) -> None:
+    configure_logging(settings.LOG_LEVEL)
+    _install_uvloop()
+    asyncio.run(_serve(settings, reuse_port))
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.LOG_LEVEL)
+    _check_providers(settings)
+    _startup_warnings(settings)
+    if settings.WORKERS == 1:
+        _run_worker(settings, reuse_port=False)
+        return 0
+    # Migrate once here, then N processes share the port (SO_REUSEPORT).
+    asyncio.run(_migrate(settings))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_run_worker, args=(settings, True), daemon=False)
+        for _ in range(settings.WORKERS)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = []
+    for p in procs:
+        p.join()
+        codes.append(p.exitcode or 0)
+    return max(codes, default=0)
+
+
+def _check_providers(settings: Settings) -> None:
+    from byok_relay.providers import ProviderRegistry
+
+    try:
+        ProviderRegistry.load(settings.PROVIDERS_FILE, settings.provider_base_urls)
+    except ProviderConfigError as exc:
+        raise ConfigError(f"PROVIDERS_FILE: {exc}") from None
+
+
+# --- init ----------------------------------------------------------------------------
+ENV_TEMPLATE = """\
+# byok-relay configuration, written by `byok-relay init`. Keep this file private.
+# Every variable and its default: see the README's configuration table.
+ENCRYPTION_SECRET={encryption}
+TOKEN_HMAC_SECRET={hmac}
+# Restrict who may register users (clients then send Authorization: Bearer <APP_SECRET>):
+# APP_SECRET={app}
+# Restrict which websites may call the relay (comma list):
+# ALLOWED_ORIGINS=https://your-app.example
+# DATABASE_URL=sqlite:///./data/relay.db
+# PORT=3000
+"""
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists():
+        return _fail(f"{path} already exists; not overwriting it (delete it or use --path).")
+    text = ENV_TEMPLATE.format(
+        encryption=secrets.token_hex(32), hmac=secrets.token_hex(32), app=secrets.token_hex(24)
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    print(f"wrote {path} (mode 0600) with fresh secrets; start with: byok-relay serve")
+    return 0
+
+
+# --- migrate -------------------------------------------------------------------------
+async def _migrate(settings: Settings) -> list[int]:
+    from byok_relay.storage import open_storage
+
+    storage = open_storage(settings.database_url, pool_size=1)
+    await storage.connect()
+    try:
+        return await storage.migrate()
+    finally:
+        await storage.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    applied = asyncio.run(_migrate(settings))
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
+    return 0
+
+
+# --- reencrypt -----------------------------------------------------------------------
+def cmd_reencrypt(args: argparse.Namespace) -> int:
+    from byok_relay.rotation import reencrypt_all
+
+    settings = _settings(args)
+    configure_logging(settings.LOG_LEVEL)
+    result = asyncio.run(reencrypt_all(settings, batch_size=args.batch_size))
+    print(
+        f"re-encrypted {result.rewritten} key(s); {result.remaining} left under older secrets; "
+        f"{result.unreadable} unreadable"
+    )
+    return 0 if result.unreadable == 0 else 1
+
+
+# --- doctor --------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from byok_relay.doctor import run_doctor
+
+    return asyncio.run(run_doctor())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="byok-relay", description="Relay AI requests with each user's own provider key."
+    )
+    parser.add_argument("--version", action="version", version=f"byok-relay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the relay")
+    serve.add_argument("--host", help="interface (default HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default PORT or 3000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default WORKERS or 1)")
+    serve.set_defaults(func=cmd_serve)
+
+    init = sub.add_parser("init", help="write a .env with fresh secrets (mode 0600)")
+    init.add_argument("--path", default=ENV_FILE, help="where to write (default .env)")
+    init.set_defaults(func=cmd_init)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    reenc = sub.add_parser("reencrypt", help="rewrite every stored key under the current secret")
+    reenc.add_argument("--batch-size", type=int, default=200)
+    reenc.set_defaults(func=cmd_reencrypt)
+
+    doctor = sub.add_parser("doctor", help="check the configuration and say how to fix it")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        return _fail(f"invalid configuration: {exc}")
+    except KeyboardInterrupt:
+        return 130

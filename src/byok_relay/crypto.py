@@ -1,0 +1,118 @@
+"""Key encryption (AES-256-GCM with associated data), key derivation and token HMACs.
+
+Every secret used for a purpose is derived with HKDF-SHA256 from the operator's
+ENCRYPTION_SECRET under its own `info` label, so no bytes serve two purposes. A stored
+ciphertext records the *version* of the data key that sealed it: a short public
+fingerprint of the secret, which lets ENCRYPTION_SECRET_PREVIOUS keep old rows readable
+until `byok-relay reencrypt` rewrites them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+TOKEN_PREFIX = "byok_rt_"
+_TOKEN_BYTES = 32  # 256 bits of randomness
+TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # base64url of 32 bytes, unpadded
+_NONCE_BYTES = 12  # 96-bit GCM nonce, fresh per encryption
+_SALT = b"byok-relay/v1"
+
+
+class DecryptionError(Exception):
+    """A stored key could not be decrypted (wrong secret, tampered or moved row)."""
+
+
+def _derive(secret: str, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=label).derive(
+        secret.encode("utf-8")
+    )
+
+
+def _associated_data(user_id: str, provider: str) -> bytes:
+    # Binds a ciphertext to its owner and provider: a row copied elsewhere fails to open.
+    return b"byok-relay:key:" + user_id.encode() + b"\x00" + provider.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class SealedKey:
+    version: str
+    blob: bytes  # nonce || ciphertext+tag
+
+
+class KeyCipher:
+    """Seals provider keys under the current data key; opens under current or previous."""
+
+    def __init__(self, secret: str, previous: list[str] | None = None) -> None:
+        self._keys: dict[str, AESGCM] = {}
+        self.current_version = self._add(secret)
+        for old in previous or []:
+            self._add(old)
+
+    def _add(self, secret: str) -> str:
+        version = _derive(secret, b"key-version-id")[:4].hex()
+        self._keys.setdefault(version, AESGCM(_derive(secret, b"key-encryption")))
+        return version
+
+    @property
+    def versions(self) -> list[str]:
+        return list(self._keys)
+
+    def seal(self, plaintext: str, user_id: str, provider: str) -> SealedKey:
+        nonce = os.urandom(_NONCE_BYTES)
+        aead = self._keys[self.current_version]
+        ct = aead.encrypt(nonce, plaintext.encode("utf-8"), _associated_data(user_id, provider))
+        return SealedKey(self.current_version, nonce + ct)
+
+    def open(self, sealed: SealedKey, user_id: str, provider: str) -> str:
+        aead = self._keys.get(sealed.version)
+        if aead is None:
+            raise DecryptionError(
+                f"key version {sealed.version} is unknown: its secret is neither "
+                "ENCRYPTION_SECRET nor in ENCRYPTION_SECRET_PREVIOUS"
+            )
+        nonce, ct = sealed.blob[:_NONCE_BYTES], sealed.blob[_NONCE_BYTES:]
+        try:
+            return aead.decrypt(nonce, ct, _associated_data(user_id, provider)).decode("utf-8")
+        except InvalidTag:
+            raise DecryptionError("stored key failed authentication") from None
+
+
+class TokenHasher:
+    """Relay tokens are stored only as HMAC-SHA256 under a dedicated key."""
+
+    def __init__(self, encryption_secret: str, hmac_secret: str | None = None) -> None:
+        self._key = (
+            hmac_secret.encode("utf-8")
+            if hmac_secret
+            else _derive(encryption_secret, b"token-hmac")
+        )
+
+    def hash(self, token: str) -> str:
+        return hmac.new(self._key, token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh relay token: recognisable prefix + 256 random bits (base64url)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
+
+
+def looks_like_token(value: str) -> bool:
+    """Cheap shape check before any lookup: refuses garbage without touching storage."""
+    return len(value) == TOKEN_LENGTH and value.startswith(TOKEN_PREFIX)
+
+
+def constant_time_equals(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def key_hint(key: str) -> str:
+    return key[-4:]

@@ -1,0 +1,108 @@
+"""`byok-relay doctor`: check the configuration, say what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+from byok_relay.config import ENV_FILE, ConfigError, Settings, load_settings
+from byok_relay.providers import ProviderConfigError, ProviderRegistry
+
+
+class Report:
+    def __init__(self) -> None:
+        self.errors = 0
+
+    def ok(self, msg: str) -> None:
+        print(f"  ok     {msg}")
+
+    def warn(self, msg: str) -> None:
+        print(f"  warn   {msg}")
+
+    def error(self, msg: str) -> None:
+        self.errors += 1
+        print(f"  ERROR  {msg}")
+
+
+async def _check_storage(settings: Settings, report: Report) -> None:
+    from byok_relay.storage import StorageUnavailable, open_storage
+    from byok_relay.storage.migrations import MIGRATIONS
+
+    try:
+        storage = open_storage(settings.database_url, pool_size=1)
+        await storage.connect()
+    except (StorageUnavailable, RuntimeError, OSError) as exc:
+        report.error(f"database: cannot connect ({exc}); check DATABASE_URL")
+        return
+    try:
+        await storage.ping()
+        version = await storage.schema_version()
+        latest = MIGRATIONS[-1].version
+        if version < latest:
+            report.warn(
+                f"database schema at version {version}, code expects {latest}: "
+                "run `byok-relay migrate` (serve also migrates at start)"
+            )
+        else:
+            report.ok(f"database reachable, schema version {version}")
+    except Exception as exc:
+        report.error(f"database: {type(exc).__name__}: {exc}")
+    finally:
+        await storage.close()
+    if settings.database_url.startswith("sqlite:///"):
+        from byok_relay.storage.sqlite import sqlite_path
+
+        path = Path(sqlite_path(settings.database_url))
+        if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            report.warn(f"{path} is readable by other users: chmod 600 {path}")
+
+
+async def _check_redis(settings: Settings, report: Report) -> None:
+    if not settings.REDIS_URL:
+        report.ok("rate limits counted in memory (set REDIS_URL to share them)")
+        return
+    try:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+        await client.ping()
+        await client.aclose()
+        report.ok("Redis reachable")
+    except Exception as exc:
+        report.error(f"REDIS_URL: Redis not reachable ({type(exc).__name__}); is it running?")
+
+
+async def run_doctor() -> int:
+    report = Report()
+    print("byok-relay doctor")
+    if not Path(ENV_FILE).exists():
+        report.warn(f"no {ENV_FILE} in {os.getcwd()}: run `byok-relay init` to create one")
+    try:
+        settings = load_settings(ENV_FILE)
+    except ConfigError as exc:
+        report.error(f"{exc}")
+        print("1 problem found.", file=sys.stderr)
+        return 1
+    report.ok("configuration values are valid")
+    try:
+        registry = ProviderRegistry.load(settings.PROVIDERS_FILE, settings.provider_base_urls)
+        report.ok(f"{len(registry.names)} providers: {', '.join(registry.names)}")
+    except ProviderConfigError as exc:
+        report.error(f"PROVIDERS_FILE: {exc}")
+    for name, url in settings.provider_base_urls.items():
+        report.ok(f"PROVIDER_{name}_BASE_URL overrides the upstream with {url}")
+    if "*" in settings.allowed_origins:
+        report.warn("ALLOWED_ORIGINS is * : set it to your app's origin(s) in production")
+    if settings.APP_SECRET is None:
+        report.warn("APP_SECRET is not set: anyone can register users (POST /users)")
+    if settings.ALLOW_PRIVATE_UPSTREAMS:
+        report.warn("ALLOW_PRIVATE_UPSTREAMS is on: clients may target private addresses")
+    await _check_storage(settings, report)
+    await _check_redis(settings, report)
+    if report.errors:
+        print(f"{report.errors} problem(s) found.", file=sys.stderr)
+        return 1
+    print("all good.")
+    return 0

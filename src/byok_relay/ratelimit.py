@@ -1,0 +1,134 @@
+"""Rate limits on the `limits` library: in memory, or shared through Redis.
+
+Limiter keys never hold a raw token: the relay limit is keyed by the token's HMAC, so
+whoever reads Redis cannot harvest working tokens. If Redis fails, counting falls back
+to this process (with a logged warning) rather than refusing traffic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+
+from aiohttp import web
+from limits import RateLimitItem
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+
+from byok_relay.config import Settings
+from byok_relay.errors import ApiError
+from byok_relay.logs import log_event
+
+_MESSAGES = {
+    "global": "Too many requests from this address",
+    "relay": "AI request rate limit exceeded for this relay token",
+    "register": "Too many registrations from this address",
+}
+_WARN_EVERY_S = 30.0
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.items: dict[str, RateLimitItem] = {
+            "global": settings.rate("RATE_LIMIT_GLOBAL"),
+            "relay": settings.rate("RATE_LIMIT_RELAY"),
+            "register": settings.rate("RATE_LIMIT_REGISTER"),
+        }
+        self._local = FixedWindowRateLimiter(MemoryStorage())
+        self._shared: FixedWindowRateLimiter | None = None
+        self.backend = "memory"
+        if settings.REDIS_URL:
+            storage: Storage = _redis_storage(settings.REDIS_URL)
+            self._shared = FixedWindowRateLimiter(storage)
+            self.backend = "redis"
+        self._last_warning = 0.0
+
+    async def check(self, kind: str, key: str) -> None:
+        """Count one hit; raise a 429 ApiError when the limit is exceeded."""
+        item = self.items[kind]
+        limiter = self._shared or self._local
+        try:
+            allowed = await limiter.hit(item, kind, key)
+        except Exception as exc:  # Redis down or misbehaving: count locally instead.
+            self._warn_fallback(exc)
+            limiter = self._local
+            allowed = await limiter.hit(item, kind, key)
+        if allowed:
+            return
+        try:
+            stats = await limiter.get_window_stats(item, kind, key)
+            reset_in = max(1, math.ceil(stats.reset_time - time.time()))
+        except Exception:
+            reset_in = item.get_expiry()
+        raise ApiError(
+            429,
+            f"{_MESSAGES[kind]} ({item.amount} per {item.multiples} {item.GRANULARITY.name}); "
+            f"retry in {reset_in} s.",
+            headers={
+                "Retry-After": str(reset_in),
+                "RateLimit-Limit": str(item.amount),
+                "RateLimit-Remaining": "0",
+                "RateLimit-Reset": str(reset_in),
+            },
+        )
+
+    def _warn_fallback(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > _WARN_EVERY_S:
+            self._last_warning = now
+            log_event(
+                "rate-limit store unavailable; counting per process until it returns",
+                logging.WARNING,
+                error_type=type(exc).__name__,
+            )
+
+
+def _redis_storage(url: str) -> Storage:
+    from limits.aio.storage import RedisStorage
+
+    return RedisStorage(
+        "async+" + url if not url.startswith("async+") else url,
+        implementation="redispy",
+        wrap_exceptions=True,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+    )
+
+
+class ClientAddress:
+    """Who the client is: the peer, unless TRUSTED_PROXIES says X-Forwarded-For is real."""
+
+    def __init__(self, trusted_proxies: str) -> None:
+        spec = trusted_proxies.strip()
+        self._hops = int(spec) if spec.isdigit() else 0
+        self._networks = (
+            [ipaddress.ip_network(c.strip(), strict=False) for c in spec.split(",") if c.strip()]
+            if spec and not spec.isdigit()
+            else []
+        )
+
+    def _trusted(self, addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+    def __call__(self, request: web.Request) -> str:
+        peer = request.remote or "unknown"
+        if not self._hops and not self._networks:
+            return peer
+        forwarded = request.headers.get("x-forwarded-for")
+        if not forwarded:
+            return peer
+        chain = [a.strip() for a in forwarded.split(",") if a.strip()] + [peer]
+        if self._hops:
+            # The last `hops` entries were appended by our own proxies; the one before
+            # them is the client. A client-sent header only adds entries further left.
+            return chain[max(0, len(chain) - 1 - self._hops)]
+        for addr in reversed(chain):
+            if not self._trusted(addr):
+                return addr
+        return chain[0]

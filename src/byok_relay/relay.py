@@ -1,0 +1,387 @@
+"""The hot path: credential → user → limits → key → upstream → stream back.
+
+Order matters. Checks that need neither the database nor a provider (unknown provider,
+refused path, malformed body, refused model) come first and cost no rate-limit quota;
+then the per-IP limit, the token lookup (cached), the per-token limit, the key (cached,
+decrypted once), and the upstream call. Bodies are forwarded as received; only the
+unified route rewrites `model`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from byok_relay.auth import MISSING_TOKEN, Authenticator, Principal
+from byok_relay.config import Settings
+from byok_relay.errors import ApiError
+from byok_relay.netguard import forbidden_cause
+from byok_relay.providers import ModelAllowlist, ModelRouter, Provider, ProviderRegistry
+from byok_relay.providers.paths import PathRefused, normalize_path
+from byok_relay.providers.routing import model_in_path
+from byok_relay.ratelimit import ClientAddress, RateLimiter
+from byok_relay.storage import RequestLogRow
+from byok_relay.upstream import USER_AGENT, Upstream
+from byok_relay.usage import UsageRecorder
+from byok_relay.vault import KeyUnreadable, Vault
+
+_RELAY_PREFIX = "/relay/"
+# Query parameters that carry credentials are never forwarded (SPEC §2).
+_CREDENTIAL_PARAMS = frozenset({"key", "api_key", "apikey", "access_token", "token"})
+# Provider response headers worth passing back (plus the prefixes below).
+_PASS_RESPONSE = frozenset(
+    {
+        "content-type",
+        "content-encoding",
+        "content-disposition",
+        "retry-after",
+        "x-request-id",
+        "request-id",
+    }
+)
+_PASS_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "ratelimit-", "openai-")
+# Responses up to this size with a known length are read whole and sent in one write.
+_BUFFER_LIMIT = 256 * 1024
+_STREAM_ERROR_EVENT = (
+    b'event: error\ndata: {"error":{"type":"relay_error",'
+    b'"message":"The connection to the provider was lost mid-stream."}}\n\n'
+)
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """Everything needed to call the provider, decided before the call."""
+
+    provider: Provider
+    session: aiohttp.ClientSession
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+    model: str | None
+    stream_requested: bool
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ProviderRegistry,
+        auth: Authenticator,
+        vault: Vault,
+        limiter: RateLimiter,
+        usage: UsageRecorder,
+        upstream: Upstream,
+    ) -> None:
+        self.registry = registry
+        self.router = ModelRouter(registry)
+        self.allowlist = ModelAllowlist(settings.allowed_models)
+        self.auth = auth
+        self.vault = vault
+        self.limiter = limiter
+        self.usage = usage
+        self.upstream = upstream
+        self.client_address = ClientAddress(settings.TRUSTED_PROXIES)
+        self.body_limit = settings.REQUEST_BODY_LIMIT_BYTES
+        self.supported = ", ".join(registry.names)
+
+    # --- routes ------------------------------------------------------------------
+    async def provider_route(self, request: web.Request) -> web.StreamResponse:
+        """POST|GET /relay/{provider}/{path}: forward to an allow-listed provider path."""
+        raw_path, _, query = request.raw_path.partition("?")
+        name, _, tail = raw_path[len(_RELAY_PREFIX) :].partition("/")
+        provider = self._provider(name)
+        try:
+            path = normalize_path("/" + tail)
+        except PathRefused as exc:
+            raise ApiError(403, f"Path refused: {exc}") from None
+        if not provider.matcher.allows(request.method, path):
+            raise ApiError(
+                403,
+                f'Path "{path}" ({request.method}) is not permitted for provider '
+                f'"{provider.name}": only inference and model-listing endpoints are relayed.',
+            )
+        self._require_credential_shape(request)
+        body = await self._read_body(request)
+        model, stream = _model_and_stream(request, body)
+        if provider.name == "google":
+            model = model_in_path(path) or model
+            stream = stream or path.endswith(":streamGenerateContent")
+        self._check_model(provider.name, model)
+        principal = await self._admit(request)
+        return await self._forward(request, principal, provider, path, query, body, model, stream)
+
+    async def unified_route(self, request: web.Request) -> web.StreamResponse:
+        """POST /relay {model, ...}: pick the provider from `model`."""
+        self._require_credential_shape(request)
+        body = await self._read_body(request)
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "Request body must be valid JSON.") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "Request body must be a JSON object with a model field.")
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(
+                400,
+                'model field is required: use "provider/model-name" (e.g. '
+                '"anthropic/claude-3-5-haiku") or a recognised model name (e.g. "gpt-4o"). '
+                "See GET /models for the routing table.",
+            )
+        stream = data.get("stream") is True
+        route = self.router.resolve(model, stream)
+        if route is None:
+            raise ApiError(
+                400,
+                f'Cannot route model "{model}": use "provider/model-name" or a recognised '
+                f"model name. Supported providers: {self.supported}. See GET /models.",
+            )
+        self._check_model(route.provider.name, route.model)
+        if route.provider.name == "google":
+            # Gemini takes the model in the path and has no `model`/`stream` body fields.
+            data.pop("model", None)
+            data.pop("stream", None)
+            body = orjson.dumps(data)
+        elif route.model != model:
+            data["model"] = route.model
+            body = orjson.dumps(data)
+        principal = await self._admit(request)
+        return await self._forward(
+            request, principal, route.provider, route.path, "", body, route.model, stream
+        )
+
+    # --- admission -----------------------------------------------------------------
+    def _provider(self, name: str) -> Provider:
+        provider = self.registry.get(name)
+        if provider is None:
+            raise ApiError(400, f'Unsupported provider "{name}". Supported: {self.supported}.')
+        return provider
+
+    def _require_credential_shape(self, request: web.Request) -> None:
+        # Cheap, storage-free: a request with no credential at all is refused here.
+        headers = request.headers
+        if not (
+            "x-relay-token" in headers
+            or "authorization" in headers
+            or "x-api-key" in headers
+            or "x-goog-api-key" in headers
+        ):
+            raise ApiError(401, MISSING_TOKEN)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if not request.body_exists:
+            return b""
+        length = request.content_length
+        if length is not None and length > self.body_limit:
+            # Refused from the header alone: the body is never read.
+            raise ApiError(
+                413, f"Request body is larger than the limit of {self.body_limit} bytes."
+            )
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(
+                413, f"Request body is larger than the limit of {self.body_limit} bytes."
+            ) from None
+
+    def _check_model(self, provider: str, model: str | None) -> None:
+        if model is not None and not self.allowlist.allows(provider, model):
+            raise ApiError(403, f'Model "{model}" is not allowed on this relay (see GET /models).')
+
+    async def _admit(self, request: web.Request) -> Principal:
+        await self.limiter.check("global", self.client_address(request))
+        principal = await self.auth.authenticate(request.headers)
+        await self.limiter.check("relay", principal.token_hash[:32])
+        request["user_id"] = principal.user_id
+        return principal
+
+    # --- forwarding ----------------------------------------------------------------
+    async def _outbound(
+        self,
+        request: web.Request,
+        principal: Principal,
+        provider: Provider,
+        path: str,
+        query: str,
+        body: bytes,
+        model: str | None,
+        stream: bool,
+    ) -> Outbound:
+        try:
+            key = await self.vault.get(principal.user_id, provider.name)
+        except KeyUnreadable:
+            raise ApiError(
+                500,
+                f'The stored key for "{provider.name}" cannot be decrypted with this relay\'s '
+                f"secrets: store it again with POST /keys/{provider.name}.",
+            ) from None
+        if key is None:
+            raise ApiError(
+                400,
+                f'No API key stored for provider "{provider.name}". '
+                f"POST /keys/{provider.name} first.",
+            )
+        assert self.upstream.trusted is not None and self.upstream.guarded is not None
+        quoted = quote(path, safe=_PATH_SAFE)
+        if provider.base_url is not None:
+            session, url = self.upstream.trusted, provider.base_url + quoted
+        else:
+            raw_base = request.headers.get("x-relay-base-url") or key.base_url
+            if not raw_base:
+                raise ApiError(
+                    400,
+                    f'Provider "{provider.name}" needs a base URL: store one with '
+                    f"POST /keys/{provider.name} {{key, base_url}} or send x-relay-base-url.",
+                )
+            session, url = self.upstream.guarded, self.upstream.client_base(raw_base).join(quoted)
+        params = _forwardable_query(query)
+        if provider.name == "google" and path.endswith(":streamGenerateContent"):
+            if not any(k == "alt" for k, _ in params):
+                params.append(("alt", "sse"))
+        if provider.auth_query:
+            params.append((provider.auth_query, key.secret))
+        if params:
+            url += "?" + urlencode(params)
+
+        headers = {"user-agent": USER_AGENT}
+        pass_headers = provider.pass_headers
+        for name, value in request.headers.items():
+            lname = name.lower()
+            if lname in pass_headers:
+                headers[lname] = value
+        if body and "content-type" not in headers:
+            headers["content-type"] = "application/json"
+        for name, value in provider.default_headers:
+            headers.setdefault(name, value)
+        for name, value in provider.fixed_headers:
+            headers[name] = value
+        if provider.auth_header:
+            headers[provider.auth_header] = provider.auth_prefix + key.secret
+        return Outbound(provider, session, url, headers, body or None, model, stream)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        principal: Principal,
+        provider: Provider,
+        path: str,
+        query: str,
+        body: bytes,
+        model: str | None,
+        stream: bool,
+    ) -> web.StreamResponse:
+        request["provider"] = provider.name
+        request["model"] = model
+        out = await self._outbound(request, principal, provider, path, query, body, model, stream)
+        started = time.perf_counter()
+        status = 502
+        streamed = False
+        try:
+            try:
+                upstream = await out.session.request(
+                    request.method,
+                    out.url,
+                    data=out.body,
+                    headers=out.headers,
+                    allow_redirects=False,
+                )
+            except aiohttp.ClientConnectorError as exc:
+                forbidden = forbidden_cause(exc)
+                if forbidden is not None:
+                    status = 400
+                    raise ApiError(400, str(forbidden)) from None
+                raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
+            except aiohttp.ServerTimeoutError:
+                status = 504
+                raise ApiError(504, f'Provider "{provider.name}" did not answer in time.') from None
+            except (TimeoutError, aiohttp.ClientError):
+                raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
+            status = upstream.status
+            try:
+                response, streamed = await self._respond(request, upstream)
+            finally:
+                # Back to the pool when fully read; closed when not (client left, error).
+                upstream.release()
+            if response.status != status:
+                status = response.status
+            return response
+        finally:
+            self.usage.record(
+                RequestLogRow(
+                    user_id=principal.user_id,
+                    app_id=principal.app_id,
+                    provider=provider.name,
+                    model=model,
+                    status=status,
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                    streaming=streamed,
+                    input_tokens=None,
+                    output_tokens=None,
+                    created_at=int(time.time() * 1000),
+                )
+            )
+
+    async def _respond(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> tuple[web.StreamResponse, bool]:
+        headers: dict[str, str] = {}
+        for name, value in upstream.headers.items():
+            lname = name.lower()
+            if lname in _PASS_RESPONSE or lname.startswith(_PASS_RESPONSE_PREFIXES):
+                headers[name] = value
+        content_type = upstream.headers.get("content-type", "")
+        is_sse = content_type.startswith("text/event-stream")
+        length = upstream.content_length
+        if not is_sse and length is not None and length <= _BUFFER_LIMIT:
+            data = await upstream.read()
+            return web.Response(body=data, status=upstream.status, headers=headers), False
+
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        if length is not None and not is_sse:
+            response.content_length = length
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError):
+            request["stream_error"] = True
+            if is_sse:
+                await response.write(_STREAM_ERROR_EVENT)
+            elif request.transport is not None:
+                # A truncated binary body must not look complete: drop the connection.
+                request.transport.close()
+                return response, True
+        await response.write_eof()
+        return response, True
+
+
+def _model_and_stream(request: web.Request, body: bytes) -> tuple[str | None, bool]:
+    """The `model` and `stream` fields of a JSON body, for the allowlist and the log."""
+    if not body or not request.content_type.endswith("json"):
+        return None, False
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, False  # the provider answers malformed bodies in its own words
+    if not isinstance(data, dict):
+        return None, False
+    model = data.get("model")
+    return (model if isinstance(model, str) else None), data.get("stream") is True
+
+
+def _forwardable_query(query: str) -> list[tuple[str, str]]:
+    if not query:
+        return []
+    return [
+        (k, v)
+        for k, v in parse_qsl(query, keep_blank_values=True)
+        if k.lower() not in _CREDENTIAL_PARAMS
+    ]

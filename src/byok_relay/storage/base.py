@@ -1,0 +1,126 @@
+"""The storage interface the routes and the relay use; engines implement it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached right now (routes answer 503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    token_hash: str
+    user_id: str
+    app_id: str
+    expires_at: int | None  # ms since epoch
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    key_version: str
+    ciphertext: bytes
+    base_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    provider: str
+    hint: str
+    base_url: str | None
+    created_at: int
+    updated_at: int
+    last_used_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogRow:
+    user_id: str
+    app_id: str
+    provider: str
+    model: str | None
+    status: int
+    latency_ms: int
+    streaming: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    created_at: int
+
+
+class Storage(abc.ABC):
+    """Everything the relay keeps. All times are ms since the epoch."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StorageUnavailable when the database does not answer."""
+
+    # users and tokens
+    @abc.abstractmethod
+    async def create_user(
+        self, user_id: str, app_id: str, token_hash: str, now: int, expires_at: int | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def lookup_token(self, token_hash: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def revoke_token(self, token_hash: str, now: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def rotate_token(
+        self, old_hash: str, new_hash: str, now: int, expires_at: int | None
+    ) -> bool:
+        """Replace a live token by a new one for the same user, atomically."""
+
+    @abc.abstractmethod
+    async def delete_user(self, user_id: str) -> bool:
+        """Erase the user, their tokens, keys and request-log rows."""
+
+    # keys
+    @abc.abstractmethod
+    async def put_key(
+        self,
+        user_id: str,
+        provider: str,
+        key_version: str,
+        ciphertext: bytes,
+        hint: str,
+        base_url: str | None,
+        now: int,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def get_key(self, user_id: str, provider: str) -> StoredKey | None: ...
+
+    @abc.abstractmethod
+    async def list_keys(self, user_id: str) -> list[KeyInfo]: ...
+
+    @abc.abstractmethod
+    async def delete_key(self, user_id: str, provider: str) -> bool: ...
+
+    # request log (written in batches, off the hot path)
+    @abc.abstractmethod
+    async def record_usage(
+        self, rows: list[RequestLogRow], last_used: dict[tuple[str, str], int]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def purge_request_log(self, before: int) -> int: ...

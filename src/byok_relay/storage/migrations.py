@@ -1,0 +1,88 @@
+"""Versioned schema migrations, shared by every engine.
+
+Each migration runs in one transaction together with its row in `schema_migrations`,
+so a failed migration leaves the database exactly as it was. Never edit a released
+migration: add a new one. `{blob}`, `{bigint}` and `{serial}` are filled per dialect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+TYPES = {
+    "sqlite": {"blob": "BLOB", "bigint": "INTEGER", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgresql": {"blob": "BYTEA", "bigint": "BIGINT", "serial": "BIGSERIAL PRIMARY KEY"},
+}
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at {bigint} NOT NULL
+)"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "users, tokens, api_keys, request_log",
+        (
+            """CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                app_id TEXT NOT NULL,
+                created_at {bigint} NOT NULL
+            )""",
+            "CREATE INDEX users_app_id ON users (app_id)",
+            # Tokens live apart from users so rotation keeps the user (and keys) and a
+            # revoked token can still be told apart from an unknown one.
+            """CREATE TABLE tokens (
+                token_hash TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                created_at {bigint} NOT NULL,
+                expires_at {bigint},
+                revoked_at {bigint}
+            )""",
+            "CREATE INDEX tokens_user_id ON tokens (user_id)",
+            """CREATE TABLE api_keys (
+                user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                provider TEXT NOT NULL,
+                key_version TEXT NOT NULL,
+                ciphertext {blob} NOT NULL,
+                hint TEXT NOT NULL,
+                base_url TEXT,
+                created_at {bigint} NOT NULL,
+                updated_at {bigint} NOT NULL,
+                last_used_at {bigint},
+                PRIMARY KEY (user_id, provider)
+            )""",
+            "CREATE INDEX api_keys_key_version ON api_keys (key_version)",
+            """CREATE TABLE request_log (
+                id {serial},
+                user_id TEXT NOT NULL,
+                app_id TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                model TEXT,
+                status INTEGER NOT NULL,
+                latency_ms INTEGER NOT NULL,
+                streaming INTEGER NOT NULL,
+                input_tokens INTEGER,
+                output_tokens INTEGER,
+                created_at {bigint} NOT NULL
+            )""",
+            "CREATE INDEX request_log_user ON request_log (user_id, created_at)",
+            "CREATE INDEX request_log_app ON request_log (app_id, created_at)",
+            "CREATE INDEX request_log_created ON request_log (created_at)",
+        ),
+    ),
+)
+
+
+def render(sql: str, dialect: str) -> str:
+    return sql.format(**TYPES[dialect])

@@ -1,0 +1,220 @@
+"""The SQL every engine runs, written once with `?` placeholders.
+
+Engines supply a connection wrapper (`Tx`) and translate placeholders; the queries, the
+migration runner and the row mapping live here so a new engine touches no route.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from byok_relay.storage.base import KeyInfo, RequestLogRow, Storage, StoredKey, TokenRecord
+from byok_relay.storage.migrations import CREATE_MIGRATIONS_TABLE, MIGRATIONS, render
+
+Row = Sequence[Any]
+
+
+class Tx(Protocol):
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None: ...
+    async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class SQLStorage(Storage):
+    """Storage on a SQL engine; subclasses provide `_read`, `_write` and `_migration_lock`."""
+
+    @abc.abstractmethod
+    def _read(self) -> AbstractAsyncContextManager[Tx]:
+        """A connection for a single read (no transaction needed)."""
+
+    @abc.abstractmethod
+    def _write(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction: committed on exit, rolled back on error."""
+
+    # --- schema ----------------------------------------------------------------
+    async def _applied_versions(self, tx: Tx) -> set[int]:
+        await tx.execute(render(CREATE_MIGRATIONS_TABLE, self.dialect))
+        return {int(r[0]) for r in await tx.fetchall("SELECT version FROM schema_migrations")}
+
+    async def migrate(self) -> list[int]:
+        applied: list[int] = []
+        for migration in MIGRATIONS:
+            # One transaction per migration, re-checked inside it: concurrent starters
+            # (several workers or instances) serialise on the write lock.
+            async with self._write() as tx:
+                await self._lock_for_migration(tx)
+                if migration.version in await self._applied_versions(tx):
+                    continue
+                for statement in migration.statements:
+                    await tx.execute(render(statement, self.dialect))
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, _now()),
+                )
+                applied.append(migration.version)
+        return applied
+
+    async def _lock_for_migration(self, tx: Tx) -> None:
+        """Engines that need an explicit lock (PostgreSQL advisory lock) override this."""
+
+    async def schema_version(self) -> int:
+        async with self._write() as tx:
+            versions = await self._applied_versions(tx)
+        return max(versions, default=0)
+
+    async def ping(self) -> None:
+        async with self._read() as tx:
+            await tx.fetchone("SELECT 1")
+
+    # --- users and tokens ------------------------------------------------------
+    async def create_user(
+        self, user_id: str, app_id: str, token_hash: str, now: int, expires_at: int | None
+    ) -> None:
+        async with self._write() as tx:
+            await tx.execute(
+                "INSERT INTO users (id, app_id, created_at) VALUES (?, ?, ?)",
+                (user_id, app_id, now),
+            )
+            await tx.execute(
+                "INSERT INTO tokens (token_hash, user_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (token_hash, user_id, now, expires_at),
+            )
+
+    async def lookup_token(self, token_hash: str) -> TokenRecord | None:
+        async with self._read() as tx:
+            row = await tx.fetchone(
+                "SELECT t.token_hash, t.user_id, u.app_id, t.expires_at, t.revoked_at"
+                " FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
+                (token_hash,),
+            )
+        return TokenRecord(*row) if row else None
+
+    async def revoke_token(self, token_hash: str, now: int) -> bool:
+        async with self._write() as tx:
+            n = await tx.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+                (now, token_hash),
+            )
+        return n > 0
+
+    async def rotate_token(
+        self, old_hash: str, new_hash: str, now: int, expires_at: int | None
+    ) -> bool:
+        async with self._write() as tx:
+            row = await tx.fetchone(
+                "SELECT user_id FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                (old_hash,),
+            )
+            if row is None:
+                return False
+            await tx.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE token_hash = ?", (now, old_hash)
+            )
+            await tx.execute(
+                "INSERT INTO tokens (token_hash, user_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (new_hash, row[0], now, expires_at),
+            )
+        return True
+
+    async def delete_user(self, user_id: str) -> bool:
+        async with self._write() as tx:
+            await tx.execute("DELETE FROM request_log WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
+            n = await tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        return n > 0
+
+    # --- keys ------------------------------------------------------------------
+    async def put_key(
+        self,
+        user_id: str,
+        provider: str,
+        key_version: str,
+        ciphertext: bytes,
+        hint: str,
+        base_url: str | None,
+        now: int,
+    ) -> None:
+        async with self._write() as tx:
+            await tx.execute(
+                "INSERT INTO api_keys (user_id, provider, key_version, ciphertext, hint,"
+                " base_url, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, provider) DO UPDATE SET"
+                " key_version = excluded.key_version, ciphertext = excluded.ciphertext,"
+                " hint = excluded.hint, base_url = excluded.base_url,"
+                " updated_at = excluded.updated_at",
+                (user_id, provider, key_version, ciphertext, hint, base_url, now, now),
+            )
+
+    async def get_key(self, user_id: str, provider: str) -> StoredKey | None:
+        async with self._read() as tx:
+            row = await tx.fetchone(
+                "SELECT key_version, ciphertext, base_url FROM api_keys"
+                " WHERE user_id = ? AND provider = ?",
+                (user_id, provider),
+            )
+        return StoredKey(row[0], bytes(row[1]), row[2]) if row else None
+
+    async def list_keys(self, user_id: str) -> list[KeyInfo]:
+        async with self._read() as tx:
+            rows = await tx.fetchall(
+                "SELECT provider, hint, base_url, created_at, updated_at, last_used_at"
+                " FROM api_keys WHERE user_id = ? ORDER BY provider",
+                (user_id,),
+            )
+        return [KeyInfo(*r) for r in rows]
+
+    async def delete_key(self, user_id: str, provider: str) -> bool:
+        async with self._write() as tx:
+            n = await tx.execute(
+                "DELETE FROM api_keys WHERE user_id = ? AND provider = ?", (user_id, provider)
+            )
+        return n > 0
+
+    # --- request log -----------------------------------------------------------
+    async def record_usage(
+        self, rows: list[RequestLogRow], last_used: dict[tuple[str, str], int]
+    ) -> None:
+        async with self._write() as tx:
+            if rows:
+                await tx.executemany(
+                    "INSERT INTO request_log (user_id, app_id, provider, model, status,"
+                    " latency_ms, streaming, input_tokens, output_tokens, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.user_id,
+                            r.app_id,
+                            r.provider,
+                            r.model,
+                            r.status,
+                            r.latency_ms,
+                            int(r.streaming),
+                            r.input_tokens,
+                            r.output_tokens,
+                            r.created_at,
+                        )
+                        for r in rows
+                    ],
+                )
+            if last_used:
+                await tx.executemany(
+                    "UPDATE api_keys SET last_used_at = ? WHERE user_id = ? AND provider = ?"
+                    " AND (last_used_at IS NULL OR last_used_at < ?)",
+                    [(ts, user, prov, ts) for (user, prov), ts in last_used.items()],
+                )
+
+    async def purge_request_log(self, before: int) -> int:
+        async with self._write() as tx:
+            return await tx.execute("DELETE FROM request_log WHERE created_at < ?", (before,))
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
