@@ -20,6 +20,8 @@ Fixture API (other test modules code against these names):
     One default relay shared by most tests.
 ``register`` (function)
     ``register(relay=None, app_id="test-app") -> User`` (default relay when ``None``).
+``http`` (session)
+    A shared ``httpx.Client`` (``trust_env=False``) for tests that talk to mocks or relays.
 ``user`` (function)
     A fresh user on the default relay with fake keys stored for openai, anthropic, google.
 
@@ -37,12 +39,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 import pytest
 from providers.mock import MockProviders
 from providers.relay import (
     FAKE_KEY,
     Relay,
     User,
+    http_client,
     register_user,
     start_relay_process,
 )
@@ -78,6 +82,12 @@ def mocks() -> Iterator[MockProviders]:
     finally:
         _active_mocks = None
         providers.stop()
+
+
+@pytest.fixture(scope="session")
+def http() -> httpx.Client:
+    """A shared sync httpx client (no base URL, no outer proxy settings)."""
+    return http_client()
 
 
 @pytest.fixture(autouse=True)

@@ -43,6 +43,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 SLOW_TEXT = "".join(
     REPLY_TOKENS[i] if i < len(REPLY_TOKENS) else f"tok{i} " for i in range(SLOW_EVENTS)
 )
+#: The start of what a mock-long stream says (it goes on for a minute).
+LONG_TEXT = "".join(REPLY_TOKENS[i] if i < len(REPLY_TOKENS) else f"tok{i} " for i in range(2000))
 #: What a normal (non-slow) mock stream says.
 REPLY_TEXT = "".join(REPLY_TOKENS)
 
@@ -151,11 +153,12 @@ window.scenario = async (relayUrl) => {
     const partial = { n: 0, text: '' }
     try {
       for await (const ev of relay.stream('openai/v1/chat/completions',
-        { model: 'mock-slow', stream: true, messages: MESSAGES },
+        { model: 'mock-long', stream: true, messages: MESSAGES },
         { signal: ctrl.signal, headers: STAINLESS })) {
         const t = extractText(ev.json)
         if (t) { partial.n++; partial.text += t }
-        if (partial.n === 5) ctrl.abort()
+        // abort from outside the loop, while it awaits the next chunk (as a Stop button does)
+        if (partial.n === 5) setTimeout(() => ctrl.abort(), 0)
       }
       partial.error = null
     } catch (e) {
@@ -318,13 +321,13 @@ async def test_client_js_cross_origin_streaming(
     # Stop: aborting ends the iteration with an AbortError, early ...
     aborted = out["aborted"]
     assert aborted.get("name") == "AbortError", f"abort did not raise AbortError: {aborted}"
-    assert 5 <= aborted["n"] < SLOW_EVENTS
-    assert SLOW_TEXT.startswith(aborted["text"])
+    assert 5 <= aborted["n"] < 20
+    assert LONG_TEXT.startswith(aborted["text"])
 
     # ... and the relay cancels the upstream stream
     def upstream_cancelled() -> bool:
         streams = mocks.openai.streams[streams_before:]
-        return any(s.switch == "mock-slow" and s.disconnected for s in streams)
+        return any(s.switch == "mock-long" and s.disconnected for s in streams)
 
     assert await _wait_until(upstream_cancelled, 5.0), (
         "aborting in the browser did not cancel the upstream stream: "
@@ -403,8 +406,9 @@ async def test_demo_page(browser: Any, relay: Any, mocks: Any) -> None:
     last = mocks.openai.last_request
     assert last.json()["model"] == "mock-slow" and last.json()["stream"] is True
 
-    # chat again and press Stop mid-stream
+    # chat again (a reply that would last a minute) and press Stop mid-stream
     await page.evaluate("() => { delete document.documentElement.dataset.lastOutcome }")
+    await page.fill("#model", "mock-long")
     await page.fill("#prompt", "And again")
     await page.click("#send")
     await page.wait_for_function(
@@ -418,10 +422,16 @@ async def test_demo_page(browser: Any, relay: Any, mocks: Any) -> None:
     )
     assert await page.evaluate("() => document.documentElement.dataset.lastOutcome") == "stopped"
     second = (await page.locator(".turn.assistant .body").all_inner_texts())[1]
-    assert second and SLOW_TEXT.startswith(second) and len(second) < len(SLOW_TEXT)
+    assert len(second) > 10 and LONG_TEXT.startswith(second)
+    assert await _wait_until(lambda: any(s.disconnected for s in mocks.openai.streams), 5.0), (
+        "Stop did not cancel the upstream stream"
+    )
     # the conversation was sent as history
     sent = mocks.openai.last_request.json()["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+
+    if os.environ.get("DEMO_SCREENSHOT"):  # e.g. DEMO_SCREENSHOT=/tmp/demo.png, to look at it
+        await page.screenshot(path=os.environ["DEMO_SCREENSHOT"], full_page=True)
 
     # delete the key
     await page.click("#key-list li[data-provider='openai'] button")
@@ -432,4 +442,51 @@ async def test_demo_page(browser: Any, relay: Any, mocks: Any) -> None:
 
     unexpected = [e for e in errors if "pageerror" in e]
     assert unexpected == [], unexpected
+    await context.close()
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "mock_name"),
+    [
+        ("anthropic", "claude-3-5-haiku-latest", "anthropic"),
+        ("google", "gemini-2.0-flash", "gemini"),
+    ],
+)
+async def test_demo_page_other_formats(
+    browser: Any, relay: Any, mocks: Any, provider: str, model: str, mock_name: str
+) -> None:
+    """The demo streams Anthropic (content_block_delta) and Gemini (candidates) answers."""
+    base = str(relay.url).rstrip("/")
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors = _watch_console(page)
+    await page.goto(base + "/demo")
+    await page.wait_for_selector("html[data-ready='1']", state="attached", timeout=15_000)
+    await page.click("#register")
+    await page.wait_for_function(
+        "() => document.getElementById('token-info').textContent.startsWith('Token ')"
+    )
+    await page.select_option("#key-provider", provider)
+    await page.fill("#key-value", f"fake-{provider}-key-4321")
+    await page.click("#save-key")
+    await page.wait_for_selector(f"#key-list li[data-provider='{provider}']")
+    assert await page.input_value("#chat-provider") == provider
+    assert await page.input_value("#model") == model
+    await page.fill("#prompt", "Hello there")
+    await page.click("#send")
+    await page.wait_for_function(
+        "() => document.documentElement.dataset.lastOutcome", timeout=15_000
+    )
+    outcome = await page.evaluate("() => document.documentElement.dataset.lastOutcome")
+    assert outcome == "done", await page.inner_text("#chat-msg")
+    assert await page.locator(".turn.assistant .body").all_inner_texts() == [REPLY_TEXT]
+    upstream = mocks.by_flavor(mock_name).last_request
+    if provider == "google":
+        assert upstream.path.endswith(f"/models/{model}:streamGenerateContent")
+        assert upstream.query.get("alt") == "sse"
+        assert upstream.json()["contents"] == [{"role": "user", "parts": [{"text": "Hello there"}]}]
+    else:
+        assert upstream.path == "/v1/messages"
+        assert upstream.json()["model"] == model
+    assert not [e for e in errors if "pageerror" in e], errors
     await context.close()

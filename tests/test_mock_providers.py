@@ -5,6 +5,7 @@ something."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -37,14 +38,18 @@ FAKE_GOOGLE_KEY = "AIza-test-FAKEKEY-0000000000"
 
 @pytest.fixture
 def oai(mocks: MockProviders) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(api_key=FAKE_OPENAI_KEY, base_url=mocks.openai.url + "/v1", max_retries=0)
+    client = openai.OpenAI(
+        api_key=FAKE_OPENAI_KEY, base_url=mocks.openai.url + "/v1", max_retries=0
+    )
     yield client
     client.close()
 
 
 @pytest.fixture
 def claude(mocks: MockProviders) -> Iterator[anthropic.Anthropic]:
-    client = anthropic.Anthropic(api_key=FAKE_ANTHROPIC_KEY, base_url=mocks.anthropic.url, max_retries=0)
+    client = anthropic.Anthropic(
+        api_key=FAKE_ANTHROPIC_KEY, base_url=mocks.anthropic.url, max_retries=0
+    )
     yield client
     client.close()
 
@@ -87,8 +92,8 @@ def test_openai_chat_stream_with_usage(oai: openai.OpenAI) -> None:
     assert usage is not None and usage.completion_tokens > 0
 
 
-def test_openai_raw_stream_wire_format(mocks: MockProviders) -> None:
-    response = httpx.post(
+def test_openai_raw_stream_wire_format(mocks: MockProviders, http: httpx.Client) -> None:
+    response = http.post(
         mocks.openai.url + "/v1/chat/completions",
         json={"model": "gpt-4o-mini", "messages": [], "stream": True},
     )
@@ -147,14 +152,14 @@ def test_openai_audio(oai: openai.OpenAI, mocks: MockProviders) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["", "/openai/v1", "/api/v1", "/inference/v1"])
-def test_openai_compatible_prefixes(mocks: MockProviders, prefix: str) -> None:
-    response = httpx.post(
+def test_openai_compatible_prefixes(mocks: MockProviders, prefix: str, http: httpx.Client) -> None:
+    response = http.post(
         f"{mocks.openai.url}{prefix}/chat/completions",
         json={"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == REPLY_TEXT
-    assert httpx.get(f"{mocks.openai.url}{prefix}/models").json()["object"] == "list"
+    assert http.get(f"{mocks.openai.url}{prefix}/models").json()["object"] == "list"
 
 
 async def test_openai_async_client_stream(mocks: MockProviders) -> None:
@@ -208,8 +213,8 @@ def test_anthropic_stream(claude: anthropic.Anthropic) -> None:
     assert final.stop_reason == "end_turn"
 
 
-def test_anthropic_raw_event_sequence(mocks: MockProviders) -> None:
-    response = httpx.post(
+def test_anthropic_raw_event_sequence(mocks: MockProviders, http: httpx.Client) -> None:
+    response = http.post(
         mocks.anthropic.url + "/v1/messages",
         json={"model": "claude-x", "max_tokens": 5, "messages": [], "stream": True},
     )
@@ -275,27 +280,27 @@ def test_gemini_models(gemini: genai.Client) -> None:
     assert gemini.models.get(model="gemini-1.5-pro").name == "models/gemini-1.5-pro"
 
 
-def test_gemini_wire_formats(mocks: MockProviders) -> None:
+def test_gemini_wire_formats(mocks: MockProviders, http: httpx.Client) -> None:
     url = mocks.gemini.url
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
-    sse = httpx.post(f"{url}/v1/models/gemini-2.0-flash:streamGenerateContent?alt=sse", json=body)
+    sse = http.post(f"{url}/v1/models/gemini-2.0-flash:streamGenerateContent?alt=sse", json=body)
     assert sse.headers["content-type"].startswith("text/event-stream")
     assert "\r\n\r\n" in sse.text
     assert all(event is None for event, _ in parse_sse(sse.text))
-    array = httpx.post(f"{url}/v1beta/models/gemini-2.0-flash:streamGenerateContent", json=body)
+    array = http.post(f"{url}/v1beta/models/gemini-2.0-flash:streamGenerateContent", json=body)
     assert array.headers["content-type"].startswith("application/json")
     parsed = array.json()
     assert isinstance(parsed, list)
     assert "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in parsed) == REPLY_TEXT
-    unauthorized = httpx.post(f"{url}/v1beta/models/mock-401:generateContent", json=body)
+    unauthorized = http.post(f"{url}/v1beta/models/mock-401:generateContent", json=body)
     assert unauthorized.status_code == 401
     assert unauthorized.json()["error"]["status"] == "UNAUTHENTICATED"
 
 
 # ------------------------------------------------------------------------------ generic
-def test_generic_echo_and_binary(mocks: MockProviders) -> None:
+def test_generic_echo_and_binary(mocks: MockProviders, http: httpx.Client) -> None:
     url = mocks.generic.url
-    echo = httpx.put(f"{url}/any/path?a=1&a=2", content=b"abc", headers={"X-Thing": "v"})
+    echo = http.put(f"{url}/any/path?a=1&a=2", content=b"abc", headers={"X-Thing": "v"})
     data = echo.json()
     assert data["method"] == "PUT"
     assert data["path"] == "/any/path"
@@ -304,32 +309,32 @@ def test_generic_echo_and_binary(mocks: MockProviders) -> None:
     assert data["body_len"] == 3
 
     for path in ("/v1/text-to-speech/voice123", "/v1/text-to-speech/voice123/stream", "/v1/speak"):
-        audio = httpx.post(url + path, json={"text": "hi"})
+        audio = http.post(url + path, json={"text": "hi"})
         assert audio.headers["content-type"] == "audio/mpeg"
         assert audio.content == AUDIO_BYTES
 
     upload = bytes(range(256)) * 40
-    listen = httpx.post(f"{url}/v1/listen", content=upload, headers={"content-type": "audio/wav"})
+    listen = http.post(f"{url}/v1/listen", content=upload, headers={"content-type": "audio/wav"})
     assert listen.json()["byte_length"] == len(upload)
     assert listen.json()["sha256"] == hashlib.sha256(upload).hexdigest()
     assert mocks.generic.last_request.body == upload
 
 
 # ----------------------------------------------------------------- common headers, switches
-def test_common_headers(mocks: MockProviders) -> None:
-    first = httpx.get(mocks.openai.url + "/v1/models")
-    second = httpx.get(mocks.openai.url + "/v1/models")
+def test_common_headers(mocks: MockProviders, http: httpx.Client) -> None:
+    first = http.get(mocks.openai.url + "/v1/models")
+    second = http.get(mocks.openai.url + "/v1/models")
     assert first.headers["x-request-id"].startswith("req_mock_")
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
     assert "set-cookie" in first.headers
     assert first.headers["x-ratelimit-limit-requests"]
-    response = httpx.get(mocks.anthropic.url + "/v1/models")
+    response = http.get(mocks.anthropic.url + "/v1/models")
     assert response.headers["request-id"] == response.headers["x-request-id"]
     assert "set-cookie" in response.headers
 
 
-def test_recorded_request_fields(mocks: MockProviders) -> None:
-    httpx.post(
+def test_recorded_request_fields(mocks: MockProviders, http: httpx.Client) -> None:
+    http.post(
         mocks.gemini.url + "/v1beta/models/gemini-2.0-flash:generateContent?key=abc&x=%2F",
         json={"contents": []},
         headers={"X-Custom": "1"},
@@ -343,8 +348,8 @@ def test_recorded_request_fields(mocks: MockProviders) -> None:
     assert request.client_port is not None
 
 
-def test_key_based_switch(mocks: MockProviders) -> None:
-    response = httpx.get(
+def test_key_based_switch(mocks: MockProviders, http: httpx.Client) -> None:
+    response = http.get(
         mocks.openai.url + "/v1/models", headers={"Authorization": "Bearer sk-test-mock-401-000"}
     )
     assert response.status_code == 401
@@ -352,19 +357,19 @@ def test_key_based_switch(mocks: MockProviders) -> None:
 
 
 @pytest.mark.parametrize("flavor", ["openai", "anthropic", "gemini", "generic"])
-def test_simple_switches(mocks: MockProviders, flavor: str) -> None:
+def test_simple_switches(mocks: MockProviders, flavor: str, http: httpx.Client) -> None:
     mock = mocks.by_flavor(flavor)  # type: ignore[arg-type]
 
     def call(switch: str, stream: bool = True) -> httpx.Response:
         if flavor == "gemini":
             action = "streamGenerateContent" if stream else "generateContent"
-            return httpx.post(
+            return http.post(
                 f"{mock.url}/v1beta/models/{switch}:{action}?alt=sse", json={"contents": []}
             )
         if flavor == "generic":
-            return httpx.post(f"{mock.url}/v1/anything?mock={switch}", json={})
+            return http.post(f"{mock.url}/v1/anything?mock={switch}", json={})
         path = "/v1/chat/completions" if flavor == "openai" else "/v1/messages"
-        return httpx.post(mock.url + path, json={"model": switch, "stream": stream})
+        return http.post(mock.url + path, json={"model": switch, "stream": stream})
 
     redirect = call("mock-redirect")
     assert redirect.status_code == 302
@@ -388,10 +393,10 @@ def test_simple_switches(mocks: MockProviders, flavor: str) -> None:
     assert BIG_TEXT in big.text
 
 
-def test_slow_stream_records_send_times(mocks: MockProviders) -> None:
+def test_slow_stream_records_send_times(mocks: MockProviders, http: httpx.Client) -> None:
     arrivals: list[float] = []
     parser = SSEParser()
-    with httpx.stream(
+    with http.stream(
         "POST",
         mocks.openai.url + "/v1/chat/completions",
         json={"model": "mock-slow", "messages": [], "stream": True},
@@ -404,16 +409,16 @@ def test_slow_stream_records_send_times(mocks: MockProviders) -> None:
     # role chunk + 30 body events + finish chunk + [DONE]
     assert record.events_sent == SLOW_EVENTS + 3 == len(arrivals)
     body_times = record.sent_at[1 : 1 + SLOW_EVENTS]
-    gaps = [b - a for a, b in zip(body_times, body_times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(body_times)]
     assert min(gaps) >= SLOW_INTERVAL_S * 0.8
     # sent_at is taken just before each write, so no event arrives before it was sent
     assert all(arrival >= sent for arrival, sent in zip(arrivals, record.sent_at, strict=True))
 
 
-def test_break_aborts_connection(mocks: MockProviders) -> None:
+def test_break_aborts_connection(mocks: MockProviders, http: httpx.Client) -> None:
     received = b""
-    with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012
-        with httpx.stream(
+    with pytest.raises(httpx.RemoteProtocolError):
+        with http.stream(
             "POST",
             mocks.anthropic.url + "/v1/messages",
             json={"model": "mock-break", "stream": True, "messages": []},
@@ -427,20 +432,20 @@ def test_break_aborts_connection(mocks: MockProviders) -> None:
     assert mocks.anthropic.disconnects == 0
 
 
-def test_client_disconnect_is_counted(mocks: MockProviders) -> None:
+def test_client_disconnect_is_counted(mocks: MockProviders, http: httpx.Client) -> None:
     mock = mocks.gemini
-    with httpx.stream(
+    with http.stream(
         "POST",
         mock.url + "/v1beta/models/mock-long:streamGenerateContent?alt=sse",
         json={"contents": []},
     ) as response:
         parser = SSEParser()
         events = 0
-        for chunk in response.iter_raw():
-            events += len(parser.feed(chunk))
-            if events >= 2:
-                break
+        chunks = response.iter_raw()  # kept referenced: a `break` would close the response
+        while events < 2:
+            events += len(parser.feed(next(chunks)))
         assert mock.active_streams == 1
+        assert mock.disconnects == 0
     # leaving the block closes the connection mid-stream
     mock.wait_for(lambda: mock.disconnects == 1)
     mock.wait_for(lambda: mock.active_streams == 0)
@@ -448,10 +453,10 @@ def test_client_disconnect_is_counted(mocks: MockProviders) -> None:
     assert record.disconnected and not record.completed
 
 
-def test_hang_is_cancelled_when_client_leaves(mocks: MockProviders) -> None:
+def test_hang_is_cancelled_when_client_leaves(mocks: MockProviders, http: httpx.Client) -> None:
     mock = mocks.openai
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
+        http.post(
             mock.url + "/v1/chat/completions",
             json={"model": "mock-hang", "messages": []},
             timeout=httpx.Timeout(5.0, read=0.3),
@@ -460,13 +465,13 @@ def test_hang_is_cancelled_when_client_leaves(mocks: MockProviders) -> None:
     assert mock.active_hangs == 0
 
 
-def test_mocks_are_thread_safe_under_concurrency(mocks: MockProviders) -> None:
+def test_mocks_are_thread_safe_under_concurrency(mocks: MockProviders, http: httpx.Client) -> None:
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
             for _ in range(10):
-                httpx.post(mocks.generic.url + "/x", content=b"1")
+                http.post(mocks.generic.url + "/x", content=b"1")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -480,9 +485,9 @@ def test_mocks_are_thread_safe_under_concurrency(mocks: MockProviders) -> None:
     assert len({r.request_id for r in mocks.generic.requests}) == 50
 
 
-def test_standalone_mock_lifecycle() -> None:
+def test_standalone_mock_lifecycle(http: httpx.Client) -> None:
     with MockProvider("generic") as mock:
-        assert httpx.get(mock.url + "/ping").json()["path"] == "/ping"
+        assert http.get(mock.url + "/ping").json()["path"] == "/ping"
         mock.clear()
         assert mock.requests == []
     with pytest.raises(ValueError):
@@ -494,7 +499,7 @@ def test_sse_parser() -> None:
     text = "event: a\r\ndata: 1\r\n\r\n: comment\ndata: x\ndata: y\n\nevent: b\rdata:2\r\r"
     assert parse_sse(text) == [("a", "1"), (None, "x\ny"), ("b", "2")]
     parser = SSEParser()
-    pieces = [b"data: {\"k\"", b": 1}\r", b"\n\r\n", "data: é".encode()[:-1], "é".encode()[-1:]]
+    pieces = [b'data: {"k"', b": 1}\r", b"\n\r\n", "data: é".encode()[:-1], "é".encode()[-1:]]
     events = []
     for piece in pieces:
         events.extend(parser.feed(piece))

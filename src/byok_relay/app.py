@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from byok_relay.api import keys, meta, users  # noqa: F401  (registers the endpoints)
+from byok_relay.api import key_checks, keys, meta, stats, users  # noqa: F401  (registers routes)
 from byok_relay.api.endpoints import ENDPOINTS, make_handler
 from byok_relay.config import Settings
 from byok_relay.errors import ApiError, json_response
@@ -86,6 +86,7 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
     services = Services.build(settings, registry)
     cors = Cors(settings.allowed_origins)
     https_forwarded = bool(settings.TRUSTED_PROXIES)
+    metrics = services.metrics
 
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -122,15 +123,18 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
             access_logger.exception("unhandled error", extra={"fields": {"id": rid}})
             return json_response({"error": "Internal error in the relay."}, 500)
         finally:
+            elapsed = time.perf_counter() - started
+            route = _route_name(request)
+            metrics.observe(route, request.method, status, elapsed, request.get("provider"))
             access_logger.info(
                 "request",
                 extra={
                     "fields": {
                         "id": rid,
                         "method": request.method,
-                        "route": _route_name(request),
+                        "route": route,
                         "status": status,
-                        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "latency_ms": round(elapsed * 1000, 2),
                         "provider": request.get("provider"),
                         "model": request.get("model"),
                         "stream_error": request.get("stream_error"),

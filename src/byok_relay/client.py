@@ -41,7 +41,7 @@ __all__ = [
     "parse_sse",
 ]
 
-TOKEN_HEADER = "x-relay-token"  # noqa: S105 - a header name, not a secret
+TOKEN_HEADER = "x-relay-token"
 _DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=300)
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from byok_relay.auth import MISSING_TOKEN, Authenticator, Principal
 from byok_relay.config import Settings
 from byok_relay.errors import ApiError
+from byok_relay.metering import Meter
 from byok_relay.netguard import forbidden_cause
 from byok_relay.providers import ModelAllowlist, ModelRouter, Provider, ProviderRegistry
 from byok_relay.providers.paths import PathRefused, normalize_path
@@ -227,28 +228,13 @@ class Relay:
                 f'No API key stored for provider "{provider.name}". '
                 f"POST /keys/{provider.name} first.",
             )
-        assert self.upstream.trusted is not None and self.upstream.guarded is not None
-        quoted = quote(path, safe=_PATH_SAFE)
-        if provider.base_url is not None:
-            session, url = self.upstream.trusted, provider.base_url + quoted
-        else:
-            raw_base = request.headers.get("x-relay-base-url") or key.base_url
-            if not raw_base:
-                raise ApiError(
-                    400,
-                    f'Provider "{provider.name}" needs a base URL: store one with '
-                    f"POST /keys/{provider.name} {{key, base_url}} or send x-relay-base-url.",
-                )
-            session, url = self.upstream.guarded, self.upstream.client_base(raw_base).join(quoted)
+        session, url = self._target(
+            provider, path, request.headers.get("x-relay-base-url") or key.base_url
+        )
         params = _forwardable_query(query)
         if provider.name == "google" and path.endswith(":streamGenerateContent"):
             if not any(k == "alt" for k, _ in params):
                 params.append(("alt", "sse"))
-        if provider.auth_query:
-            params.append((provider.auth_query, key.secret))
-        if params:
-            url += "?" + urlencode(params)
-
         headers = {"user-agent": USER_AGENT}
         pass_headers = provider.pass_headers
         for name, value in request.headers.items():
@@ -257,13 +243,52 @@ class Relay:
                 headers[lname] = value
         if body and "content-type" not in headers:
             headers["content-type"] = "application/json"
-        for name, value in provider.default_headers:
-            headers.setdefault(name, value)
-        for name, value in provider.fixed_headers:
-            headers[name] = value
-        if provider.auth_header:
-            headers[provider.auth_header] = provider.auth_prefix + key.secret
+        _authorize(provider, key.secret, headers, params)
+        if params:
+            url += "?" + urlencode(params)
         return Outbound(provider, session, url, headers, body or None, model, stream)
+
+    def _target(
+        self, provider: Provider, path: str, raw_base: str | None
+    ) -> tuple[aiohttp.ClientSession, str]:
+        """The session and URL for `path`: operator upstreams on the trusted session,
+        client-supplied ones (checked) on the guarded one."""
+        assert self.upstream.trusted is not None and self.upstream.guarded is not None
+        quoted = quote(path, safe=_PATH_SAFE)
+        if provider.base_url is not None:
+            return self.upstream.trusted, provider.base_url + quoted
+        if not raw_base:
+            raise ApiError(
+                400,
+                f'Provider "{provider.name}" needs a base URL: store one with '
+                f"POST /keys/{provider.name} {{key, base_url}} or send x-relay-base-url.",
+            )
+        return self.upstream.guarded, self.upstream.client_base(raw_base).join(quoted)
+
+    async def probe(self, provider: Provider, secret: str, base_url: str | None) -> int:
+        """GET the provider's verify_path with `secret`; its status says if the key works."""
+        if provider.spec.verify_path is None:
+            raise ApiError(
+                400,
+                f'Provider "{provider.name}" has no cheap endpoint to check a key with; '
+                f"replace the key with POST /keys/{provider.name} instead.",
+            )
+        session, url = self._target(provider, provider.spec.verify_path, base_url)
+        headers = {"user-agent": USER_AGENT}
+        params: list[tuple[str, str]] = []
+        _authorize(provider, secret, headers, params)
+        if params:
+            url += "?" + urlencode(params)
+        try:
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                return resp.status
+        except aiohttp.ClientConnectorError as exc:
+            forbidden = forbidden_cause(exc)
+            if forbidden is not None:
+                raise ApiError(400, str(forbidden)) from None
+            raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
+        except (TimeoutError, aiohttp.ClientError):
+            raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
 
     async def _forward(
         self,
@@ -282,6 +307,7 @@ class Relay:
         started = time.perf_counter()
         status = 502
         streamed = False
+        meter = Meter()
         try:
             try:
                 upstream = await out.session.request(
@@ -304,7 +330,7 @@ class Relay:
                 raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
             status = upstream.status
             try:
-                response, streamed = await self._respond(request, upstream)
+                response, streamed = await self._respond(request, upstream, meter)
             finally:
                 # Back to the pool when fully read; closed when not (client left, error).
                 upstream.release()
@@ -321,14 +347,14 @@ class Relay:
                     status=status,
                     latency_ms=int((time.perf_counter() - started) * 1000),
                     streaming=streamed,
-                    input_tokens=None,
-                    output_tokens=None,
+                    input_tokens=meter.input_tokens,
+                    output_tokens=meter.output_tokens,
                     created_at=int(time.time() * 1000),
                 )
             )
 
     async def _respond(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, upstream: aiohttp.ClientResponse, meter: Meter
     ) -> tuple[web.StreamResponse, bool]:
         headers: dict[str, str] = {}
         for name, value in upstream.headers.items():
@@ -338,8 +364,11 @@ class Relay:
         content_type = upstream.headers.get("content-type", "")
         is_sse = content_type.startswith("text/event-stream")
         length = upstream.content_length
+        readable = "content-encoding" not in upstream.headers  # never decompressed here
         if not is_sse and length is not None and length <= _BUFFER_LIMIT:
             data = await upstream.read()
+            if readable and "json" in content_type:
+                meter.feed_json(data)
             return web.Response(body=data, status=upstream.status, headers=headers), False
 
         headers["Cache-Control"] = "no-cache"
@@ -348,9 +377,12 @@ class Relay:
         if length is not None and not is_sse:
             response.content_length = length
         await response.prepare(request)
+        meter_sse = meter.feed_sse if is_sse and readable else None
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
+                if meter_sse is not None:
+                    meter_sse(chunk)
         except (TimeoutError, aiohttp.ClientError):
             request["stream_error"] = True
             if is_sse:
@@ -361,6 +393,20 @@ class Relay:
                 return response, True
         await response.write_eof()
         return response, True
+
+
+def _authorize(
+    provider: Provider, secret: str, headers: dict[str, str], params: list[tuple[str, str]]
+) -> None:
+    """Provider headers and the user's credential, placed as the provider expects."""
+    for name, value in provider.default_headers:
+        headers.setdefault(name, value)
+    for name, value in provider.fixed_headers:
+        headers[name] = value
+    if provider.auth_header:
+        headers[provider.auth_header] = provider.auth_prefix + secret
+    if provider.auth_query:
+        params.append((provider.auth_query, secret))
 
 
 def _model_and_stream(request: web.Request, body: bytes) -> tuple[str | None, bool]:

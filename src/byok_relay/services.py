@@ -9,6 +9,7 @@ from aiohttp import web
 from byok_relay.auth import Authenticator
 from byok_relay.config import Settings
 from byok_relay.crypto import KeyCipher, TokenHasher
+from byok_relay.metrics import RelayMetrics
 from byok_relay.providers import ProviderRegistry
 from byok_relay.ratelimit import ClientAddress, RateLimiter
 from byok_relay.relay import Relay
@@ -32,6 +33,7 @@ class Services:
     upstream: Upstream
     relay: Relay
     client_address: ClientAddress
+    metrics: RelayMetrics
 
     @classmethod
     def build(cls, settings: Settings, registry: ProviderRegistry) -> Services:
@@ -59,6 +61,7 @@ class Services:
             upstream=upstream,
             relay=relay,
             client_address=relay.client_address,
+            metrics=RelayMetrics(),
         )
 
     async def start(self) -> None:

@@ -67,6 +67,17 @@ INHERITED_ENV: Final = (
 
 HEALTH_TIMEOUT_S: Final = 15.0
 
+_shared_client: httpx.Client | None = None
+
+
+def http_client() -> httpx.Client:
+    """A shared sync httpx client for harness calls (created once: building an SSL context
+    per request is slow).  ``trust_env=False``: no outer proxy settings for loopback."""
+    global _shared_client
+    if _shared_client is None or _shared_client.is_closed:
+        _shared_client = httpx.Client(timeout=30.0, trust_env=False)
+    return _shared_client
+
 
 def provider_env_var(provider: str) -> str:
     """``PROVIDER_<NAME>_BASE_URL`` for a provider name (upper-cased, ``-`` -> ``_``)."""
@@ -78,9 +89,7 @@ def sqlite_url(db_path: Path) -> str:
     return f"sqlite:///{db_path}"
 
 
-def relay_env(
-    mocks: MockProviders, data_dir: Path, **overrides: str | None
-) -> dict[str, str]:
+def relay_env(mocks: MockProviders, data_dir: Path, **overrides: str | None) -> dict[str, str]:
     """The environment of a test relay: clean, fake secret, SQLite in ``data_dir``,
     generous rate limits, every built-in provider pointed at its mock.
 
@@ -157,6 +166,7 @@ class Relay:
     def client(self, **kwargs: Any) -> httpx.Client:
         """A sync httpx client bound to this relay (caller closes it)."""
         kwargs.setdefault("timeout", 30.0)
+        kwargs.setdefault("trust_env", False)
         return httpx.Client(base_url=self.url, **kwargs)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -181,28 +191,28 @@ class Relay:
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         last_error = "no answer"
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                code = self.proc.poll()
-                if code is not None:
-                    raise RuntimeError(
-                        f"relay exited with code {code} before becoming healthy "
-                        f"({' '.join(self.args)}).\n--- log tail ---\n{self.log_tail()}"
-                    )
-                try:
-                    response = client.get(f"{self.url}/health")
-                    if response.status_code == 200:
-                        return
-                    last_error = f"GET /health -> {response.status_code} {response.text[:200]}"
-                except httpx.HTTPError as exc:
-                    last_error = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() >= deadline:
-                    self.kill()
-                    raise RuntimeError(
-                        f"relay not healthy within {timeout} s ({last_error}).\n"
-                        f"--- log tail ---\n{self.log_tail()}"
-                    )
-                time.sleep(0.05)
+        client = http_client()
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"relay exited with code {code} before becoming healthy "
+                    f"({' '.join(self.args)}).\n--- log tail ---\n{self.log_tail()}"
+                )
+            try:
+                response = client.get(f"{self.url}/health", timeout=2.0)
+                if response.status_code == 200:
+                    return
+                last_error = f"GET /health -> {response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"relay not healthy within {timeout} s ({last_error}).\n"
+                    f"--- log tail ---\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
 
     def __repr__(self) -> str:
         return f"Relay(url={self.url!r}, pid={self.proc.pid}, alive={self.alive})"
@@ -285,8 +295,8 @@ class User:
         body: dict[str, Any] = {"key": key}
         if base_url is not None:
             body["base_url"] = base_url
-        response = httpx.post(
-            f"{self.relay.url}/keys/{provider}", json=body, headers=self.headers, timeout=30.0
+        response = http_client().post(
+            f"{self.relay.url}/keys/{provider}", json=body, headers=self.headers
         )
         assert response.status_code == 200, (
             f"POST /keys/{provider} -> {response.status_code}: {response.text}"
@@ -298,11 +308,11 @@ def register_user(relay: Relay, app_id: str = "test-app") -> User:
     app_secret = relay.env.get("APP_SECRET")
     if app_secret:
         headers["Authorization"] = f"Bearer {app_secret}"
-    response = httpx.post(
-        f"{relay.url}/users", json={"app_id": app_id}, headers=headers, timeout=30.0
-    )
+    response = http_client().post(f"{relay.url}/users", json={"app_id": app_id}, headers=headers)
     assert response.status_code == 200, f"POST /users -> {response.status_code}: {response.text}"
     data = response.json()
     token = data.get("token")
     assert isinstance(token, str) and token, f"POST /users returned no token: {data}"
-    return User(relay=relay, token=token, app_id=app_id, expires_at=data.get("expires_at"), raw=data)
+    return User(
+        relay=relay, token=token, app_id=app_id, expires_at=data.get("expires_at"), raw=data
+    )

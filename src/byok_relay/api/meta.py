@@ -11,7 +11,8 @@ from byok_relay import __version__
 from byok_relay.api.endpoints import endpoint
 from byok_relay.api.openapi import build_openapi
 from byok_relay.api.schemas import HealthResponse, VersionResponse
-from byok_relay.errors import json_response
+from byok_relay.crypto import constant_time_equals
+from byok_relay.errors import ApiError, json_response
 from byok_relay.services import Services
 
 _STATIC = files("byok_relay") / "static"
@@ -83,33 +84,9 @@ async def openapi(request: web.Request, svc: Services) -> web.Response:
     return json_response(build_openapi())
 
 
-_DOCS_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>byok-relay API</title>
-<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}
-code,pre{background:#f4f4f4;padding:.1rem .3rem;border-radius:4px}pre{padding:.6rem;overflow:auto}
-h2{border-bottom:1px solid #ddd}.m{display:inline-block;min-width:4.5rem;font-weight:bold}</style>
-</head><body><h1>byok-relay API</h1><p>Generated from <a href="openapi.json">openapi.json</a>.</p>
-<div id="ops"></div><script type="module">
-const spec = await (await fetch('openapi.json')).json();
-const ops = document.getElementById('ops');
-for (const [path, methods] of Object.entries(spec.paths)) {
-  for (const [method, op] of Object.entries(methods)) {
-    const sec = document.createElement('section');
-    const h = document.createElement('h2');
-    h.innerHTML = '<span class="m"></span><code></code>';
-    h.querySelector('.m').textContent = method.toUpperCase();
-    h.querySelector('code').textContent = path;
-    const p = document.createElement('p'); p.textContent = op.summary + (op.description ? ' — ' + op.description : '');
-    const pre = document.createElement('pre');
-    pre.textContent = JSON.stringify({requestBody: op.requestBody, responses: op.responses}, null, 2);
-    sec.append(h, p, pre); ops.append(sec);
-  }
-}
-</script></body></html>"""
-
-
 @endpoint("GET", "/docs", summary="Human-readable API documentation", auth="none", tag="meta")
 async def docs(request: web.Request, svc: Services) -> web.Response:
-    return web.Response(text=_DOCS_HTML, content_type="text/html")
+    return _static("docs.html", "text/html")
 
 
 def _static(name: str, content_type: str) -> web.Response:
@@ -128,3 +105,17 @@ async def client_js(request: web.Request, svc: Services) -> web.Response:
           tag="clients")  # fmt: skip
 async def demo(request: web.Request, svc: Services) -> web.Response:
     return _static("demo.html", "text/html")
+
+
+@endpoint("GET", "/metrics", summary="Prometheus metrics", auth="none", tag="meta",
+          limited=False, errors=(401,))  # fmt: skip
+async def metrics(request: web.Request, svc: Services) -> web.Response:
+    """When METRICS_TOKEN is set, send `Authorization: Bearer <METRICS_TOKEN>`."""
+    token = svc.settings.METRICS_TOKEN
+    if token is not None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme != "Bearer" or not constant_time_equals(value, token.get_secret_value()):
+            raise ApiError(401, "GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.")
+    return web.Response(
+        body=svc.metrics.render(), headers={"Content-Type": svc.metrics.content_type}
+    )

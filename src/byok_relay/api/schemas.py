@@ -94,3 +94,14 @@ class VersionResponse(BaseModel):
     version: str
     commit: str
     build_time: str
+
+
+class VerifyKeyResponse(BaseModel):
+    ok: bool = Field(description="True when the provider accepted the stored key.")
+    status: int = Field(description="The provider's HTTP status for the check.")
+
+
+class RotateKeyResponse(BaseModel):
+    ok: bool
+    provider: str
+    rotated: bool

@@ -179,6 +179,15 @@ function tryJSON (data) {
 }
 
 /**
+ * The error to throw for an aborted signal (its reason when that is an Error).
+ * @param {AbortSignal} signal
+ * @returns {Error}
+ */
+function abortReason (signal) {
+  return signal.reason instanceof Error ? signal.reason : new DOMException('Aborted', 'AbortError')
+}
+
+/**
  * Incremental Server-Sent-Events parser (WHATWG rules): accepts `\n`, `\r\n` and `\r` line ends
  * (even when split across chunks), multi-line `data:`, comments, `event:`, `id:`, `retry:` and
  * UTF-8 split across chunks. Stops at a `data: [DONE]` line unless `stopOnDone` is false.
@@ -274,9 +283,14 @@ export async function * parseSSE (readableStream, options = {}) {
   try {
     while (true) {
       if (signal && signal.aborted) {
-        throw signal.reason instanceof Error ? signal.reason : new DOMException('Aborted', 'AbortError')
+        throw abortReason(signal)
       }
       const { done, value } = await reader.read()
+      if (signal && signal.aborted) {
+        // Cancelling the reader on abort resolves the pending read as "done": that is no
+        // normal end of the stream.
+        throw abortReason(signal)
+      }
       if (done) {
         buf += decoder.decode()
         if (first && buf.charCodeAt(0) === 0xfeff) buf = buf.slice(1)
@@ -294,7 +308,7 @@ export async function * parseSSE (readableStream, options = {}) {
       }
       while (ready.length) {
         if (signal && signal.aborted) {
-          throw signal.reason instanceof Error ? signal.reason : new DOMException('Aborted', 'AbortError')
+          throw abortReason(signal)
         }
         const ev = /** @type {SSEEvent} */ (ready.shift())
         if (stopOnDone && ev.data === '[DONE]') {

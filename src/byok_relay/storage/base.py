@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 
 class StorageUnavailable(Exception):
@@ -24,6 +25,14 @@ class StoredKey:
     key_version: str
     ciphertext: bytes
     base_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRow:
+    user_id: str
+    provider: str
+    key_version: str
+    ciphertext: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,21 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete_key(self, user_id: str, provider: str) -> bool: ...
 
+    # secret rotation (`byok-relay reencrypt`)
+    @abc.abstractmethod
+    async def keys_not_at_version(
+        self, version: str, after: tuple[str, str], limit: int
+    ) -> list[SealedRow]:
+        """Keys sealed under another key version, ordered by (user_id, provider) > after."""
+
+    @abc.abstractmethod
+    async def replace_sealed_keys(self, rows: list[tuple[SealedRow, str, bytes]]) -> int:
+        """Swap ciphertexts in one transaction, each only if the row is unchanged since it
+        was read (a key the user replaced meanwhile is left alone). Returns rows changed."""
+
+    @abc.abstractmethod
+    async def count_keys_not_at_version(self, version: str) -> int: ...
+
     # request log (written in batches, off the hot path)
     @abc.abstractmethod
     async def record_usage(
@@ -124,3 +148,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def purge_request_log(self, before: int) -> int: ...
+
+    @abc.abstractmethod
+    async def usage_stats(self, column: str, value: str, now: int) -> dict[str, Any]:
+        """Request-log aggregates where `column` (user_id or app_id) = value."""

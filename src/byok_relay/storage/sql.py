@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from byok_relay.storage.base import KeyInfo, RequestLogRow, Storage, StoredKey, TokenRecord
+from byok_relay.storage.base import (
+    KeyInfo,
+    RequestLogRow,
+    SealedRow,
+    Storage,
+    StoredKey,
+    TokenRecord,
+)
 from byok_relay.storage.migrations import CREATE_MIGRATIONS_TABLE, MIGRATIONS, render
 
 Row = Sequence[Any]
@@ -178,6 +185,38 @@ class SQLStorage(Storage):
             )
         return n > 0
 
+    # --- secret rotation -------------------------------------------------------
+    async def keys_not_at_version(
+        self, version: str, after: tuple[str, str], limit: int
+    ) -> list[SealedRow]:
+        async with self._read() as tx:
+            rows = await tx.fetchall(
+                "SELECT user_id, provider, key_version, ciphertext FROM api_keys"
+                " WHERE key_version <> ? AND (user_id > ? OR (user_id = ? AND provider > ?))"
+                " ORDER BY user_id, provider LIMIT ?",
+                (version, after[0], after[0], after[1], limit),
+            )
+        return [SealedRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    async def replace_sealed_keys(self, rows: list[tuple[SealedRow, str, bytes]]) -> int:
+        changed = 0
+        async with self._write() as tx:
+            for old, version, ciphertext in rows:
+                changed += await tx.execute(
+                    "UPDATE api_keys SET key_version = ?, ciphertext = ?"
+                    " WHERE user_id = ? AND provider = ? AND key_version = ? AND ciphertext = ?",
+                    (version, ciphertext, old.user_id, old.provider, old.key_version,
+                     old.ciphertext),
+                )  # fmt: skip
+        return changed
+
+    async def count_keys_not_at_version(self, version: str) -> int:
+        async with self._read() as tx:
+            row = await tx.fetchone(
+                "SELECT COUNT(*) FROM api_keys WHERE key_version <> ?", (version,)
+            )
+        return int(row[0]) if row else 0
+
     # --- request log -----------------------------------------------------------
     async def record_usage(
         self, rows: list[RequestLogRow], last_used: dict[tuple[str, str], int]
@@ -214,6 +253,56 @@ class SQLStorage(Storage):
     async def purge_request_log(self, before: int) -> int:
         async with self._write() as tx:
             return await tx.execute("DELETE FROM request_log WHERE created_at < ?", (before,))
+
+    async def usage_stats(self, column: str, value: str, now: int) -> dict[str, Any]:
+        if column not in ("user_id", "app_id"):  # never interpolate anything else
+            raise ValueError(column)
+        day = 86_400_000
+        where = f"FROM request_log WHERE {column} = ?"  # column is one of two fixed names
+        error = "CASE WHEN status < 200 OR status >= 300 THEN 1 ELSE 0 END"
+        async with self._read() as tx:
+            totals = await tx.fetchone(
+                f"SELECT COUNT(*), SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END),"
+                f" SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END), SUM({error}),"
+                f" SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),"
+                f" MAX(created_at), COUNT(DISTINCT user_id) {where}",
+                (now - 7 * day, now - 30 * day, value),
+            )
+            providers = await tx.fetchall(
+                f"SELECT provider, COUNT(*), SUM({error}) {where}"
+                " GROUP BY provider ORDER BY COUNT(*) DESC",
+                (value,),
+            )
+            models = await tx.fetchall(
+                f"SELECT model, COUNT(*), SUM(COALESCE(input_tokens, 0)),"
+                f" SUM(COALESCE(output_tokens, 0)) {where} AND model IS NOT NULL"
+                " GROUP BY model ORDER BY COUNT(*) DESC, model LIMIT 10",
+                (value,),
+            )
+        t = totals or (0, 0, 0, 0, 0, 0, None, 0)
+        total = int(t[0] or 0)
+        errors = int(t[3] or 0)
+        return {
+            "total": total,
+            "last_7d": int(t[1] or 0),
+            "last_30d": int(t[2] or 0),
+            "error_count": errors,
+            "error_rate": round(errors / total, 4) if total else 0,
+            "providers": {r[0]: {"total": int(r[1]), "errors": int(r[2] or 0)} for r in providers},
+            "top_models": [
+                {
+                    "model": r[0],
+                    "total": int(r[1]),
+                    "input_tokens": int(r[2] or 0),
+                    "output_tokens": int(r[3] or 0),
+                }
+                for r in models
+            ],
+            "total_input_tokens": int(t[4] or 0),
+            "total_output_tokens": int(t[5] or 0),
+            "last_request": int(t[6]) if t[6] is not None else None,
+            "user_count": int(t[7] or 0),
+        }
 
 
 def _now() -> int:
