@@ -26,8 +26,7 @@ import time
 
 EVENT_RE = re.compile(rb'"i":(\d+),"t":([0-9.]+)\}')
 BODY = (
-    b'{"model":"mock-sse","stream":true,'
-    b'"messages":[{"role":"user","content":"Say hi, slowly."}]}'
+    b'{"model":"mock-sse","stream":true,"messages":[{"role":"user","content":"Say hi, slowly."}]}'
 )
 
 
@@ -77,7 +76,7 @@ class StreamProto(asyncio.Protocol):
                 self.buf = buf
                 return
             self.head_seen = True
-            self.status = int(buf[9:12])
+            self.status = int(buf[9:12].decode())
             buf = buf[end + 4 :]
         n = 0
         last = 0
@@ -223,8 +222,12 @@ async def run_idle(args: argparse.Namespace) -> None:
     print(
         "READY "
         + json.dumps(
-            {"requested": args.n, "ok": ok, "open": open_now,
-             "open_s": round(time.monotonic() - started, 3)}  # fmt: skip
+            {
+                "requested": args.n,
+                "ok": ok,
+                "open": open_now,
+                "open_s": round(time.monotonic() - started, 3),
+            }
         ),
         flush=True,
     )
@@ -246,7 +249,7 @@ def main() -> None:
     parser.add_argument("--token")
     parser.add_argument("-n", type=int, default=200)
     parser.add_argument("--events", type=int, default=30, help="events per stream expected")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=150.0)
     parser.add_argument("--connect-concurrency", type=int, default=200)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -35,16 +35,19 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import httpx
 import pytest
+from backends import pg_db, pg_relay_env, pg_url, pytest_sessionfinish, redis_ns  # noqa: F401
 from providers.mock import MockProviders
 from providers.relay import (
     FAKE_KEY,
+    Register,
     Relay,
+    RelayEnv,
+    StartRelay,
     User,
     http_client,
     register_user,
@@ -52,24 +55,11 @@ from providers.relay import (
 )
 from providers.relay import relay_env as build_relay_env
 
+# PostgreSQL / Redis fixtures (pg_db, pg_url, redis_ns) and, with
+# BYOK_TEST_BACKEND=postgres, every harness relay on PostgreSQL: see tests/backends.py.
+build_relay_env = pg_relay_env(build_relay_env)
+
 _active_mocks: MockProviders | None = None
-
-
-class StartRelay(Protocol):
-    def __call__(
-        self,
-        data_dir: Path | None = None,
-        extra_args: list[str] | None = None,
-        health_timeout: float = 15.0,
-        **env_overrides: str | None,
-    ) -> Relay: ...
-
-
-class RelayEnv(Protocol):
-    def __call__(self, data_dir: Path | None = None, **overrides: str | None) -> dict[str, str]: ...
-
-
-Register = Callable[..., User]
 
 
 @pytest.fixture(scope="session")

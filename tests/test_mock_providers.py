@@ -162,6 +162,20 @@ def test_openai_compatible_prefixes(mocks: MockProviders, prefix: str, http: htt
     assert http.get(f"{mocks.openai.url}{prefix}/models").json()["object"] == "list"
 
 
+def test_cohere_and_openrouter_extras(mocks: MockProviders, http: httpx.Client) -> None:
+    url = mocks.openai.url
+    chat = http.post(f"{url}/v2/chat", json={"model": "command-r", "messages": []})
+    assert chat.json()["message"]["content"][0]["text"] == REPLY_TEXT
+    streamed = http.post(f"{url}/v2/chat", json={"model": "command-r", "stream": True})
+    events = sse_json(streamed.text)
+    assert events[0][0] == "message-start" and events[-1][0] == "message-end"
+    text = "".join(
+        d["delta"]["message"]["content"]["text"] for e, d in events if e == "content-delta"
+    )
+    assert text == REPLY_TEXT
+    assert http.get(f"{url}/api/v1/key").json()["data"]["usage"] == 0
+
+
 async def test_openai_async_client_stream(mocks: MockProviders) -> None:
     client = openai.AsyncOpenAI(api_key=FAKE_OPENAI_KEY, base_url=mocks.openai.url + "/v1")
     try:

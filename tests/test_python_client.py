@@ -139,6 +139,12 @@ async def test_python_client_end_to_end(relay: Any, mocks: Any) -> None:
         assert chunks[0]["object"] == "chat.completion.chunk"
         assert "".join(extract_text(c) for c in chunks) == REPLY_TEXT
 
+        # usage and routing table
+        stats = await client.stats()
+        assert isinstance(stats, dict) and "total" in stats and "top_models" in stats
+        models = await client.models()
+        assert "openai" in models["providers"]
+
         # errors: the relay's JSON message, with its status
         with pytest.raises(RelayError) as info_err:
             await client.store_key("no-such-provider", OPENAI_KEY)
@@ -198,7 +204,7 @@ async def test_python_client_stream_break_cancels_upstream(relay: Any, mocks: An
                 seen += 1
             if seen == 3:
                 break
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
         assert seen == 3
 
         deadline = time.monotonic() + 5

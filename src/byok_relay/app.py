@@ -151,8 +151,10 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
         if allowed:
             headers["Access-Control-Allow-Origin"] = allowed
             headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-            if allowed != "*":
-                headers["Vary"] = "Origin"
+        if not cors.any and "Vary" not in headers:
+            # With an origin list every answer depends on Origin (refusals too); a
+            # preflight's own Vary (Origin, Access-Control-Request-Headers) is kept.
+            headers["Vary"] = "Origin"
         for name, value in SECURITY_HEADERS:
             headers[name] = value
         if request.secure or (

@@ -1,13 +1,15 @@
 """Relay-token authentication: credential headers → HMAC → user, cached briefly.
 
 A token seen in the last CACHE_TTL_S seconds costs no database read. Revocation and
-deletion on this process drop the cache entry at once; other processes re-read within
-CACHE_TTL_S (and at once when an invalidation bus is configured).
+deletion on this process drop the cache entry at once; `forget_*` also announce it on the
+invalidation bus (`bus.py`, Redis pub/sub), so every other instance drops it within
+milliseconds. Without a bus, other processes re-read within CACHE_TTL_S.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
@@ -55,8 +57,14 @@ class Authenticator:
     def __init__(self, storage: Storage, hasher: TokenHasher, cache_ttl_s: float) -> None:
         self._storage = storage
         self._hasher = hasher
-        self._ttl = cache_ttl_s
+        self.configured_ttl = cache_ttl_s
+        #: Effective TTL; the invalidation bus lowers it while it cannot hear other instances.
+        self.ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, TokenRecord]] = {}
+        # Bumped by every invalidation: a lookup that raced with one is not cached.
+        self._epoch = 0
+        #: Set by the invalidation bus: tells the other instances what to forget.
+        self.announce: Callable[..., None] | None = None
 
     async def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         token = read_credential(headers)
@@ -69,27 +77,47 @@ class Authenticator:
     async def principal_for(self, token_hash: str) -> Principal:
         now = time.monotonic()
         hit = self._cache.get(token_hash)
-        if hit is not None and now - hit[0] < self._ttl:
+        if hit is not None and now - hit[0] < self.ttl:
             record = hit[1]
         else:
+            epoch = self._epoch
             found = await self._storage.lookup_token(token_hash)
             if found is None:
                 self._cache.pop(token_hash, None)
                 raise ApiError(401, INVALID_TOKEN)
             record = found
-            if len(self._cache) >= _CACHE_MAX:
-                # Drop the oldest entry (dicts keep insertion order).
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[token_hash] = (now, record)
+            if epoch == self._epoch:  # else an invalidation arrived during the read
+                if len(self._cache) >= _CACHE_MAX:
+                    # Drop the oldest entry (dicts keep insertion order).
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[token_hash] = (now, record)
         if record.revoked_at is not None:
             raise ApiError(401, REVOKED_TOKEN)
         if record.expires_at is not None and record.expires_at <= time.time() * 1000:
             raise ApiError(401, EXPIRED_TOKEN)
         return Principal(record.user_id, record.app_id, token_hash, record.expires_at)
 
+    # Call forget_* after the database change has committed: here and on every instance.
     def forget_token(self, token_hash: str) -> None:
-        self._cache.pop(token_hash, None)
+        self.drop_token(token_hash)
+        if self.announce is not None:
+            self.announce("token", token_hash)
 
     def forget_user(self, user_id: str) -> None:
+        self.drop_user(user_id)
+        if self.announce is not None:
+            self.announce("user", user_id)
+
+    # drop_* and clear act on this process only (the bus calls them).
+    def drop_token(self, token_hash: str) -> None:
+        self._epoch += 1
+        self._cache.pop(token_hash, None)
+
+    def drop_user(self, user_id: str) -> None:
+        self._epoch += 1
         for key in [k for k, (_, r) in self._cache.items() if r.user_id == user_id]:
             del self._cache[key]
+
+    def clear(self) -> None:
+        self._epoch += 1
+        self._cache.clear()

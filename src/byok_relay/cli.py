@@ -38,13 +38,16 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
     from aiohttp import web
 
     from byok_relay.app import build_app
+    from byok_relay.drain import CLOSE_TIMEOUT_S, InFlight
 
     app = build_app(settings)
+    inflight = InFlight()
+    app.middlewares.insert(0, inflight.middleware)  # outermost: counts every request
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # client gone → handler cancelled → upstream closed
         access_log=None,
-        shutdown_timeout=settings.SHUTDOWN_GRACE_S,
+        shutdown_timeout=CLOSE_TIMEOUT_S,  # after our own SHUTDOWN_GRACE_S wait below
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.HOST, settings.PORT, reuse_port=reuse_port)
@@ -63,7 +66,14 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log_event("shutting down: no new connections; open streams may finish",
-              grace_s=settings.SHUTDOWN_GRACE_S)  # fmt: skip
+              grace_s=settings.SHUTDOWN_GRACE_S, open_requests=inflight.count)  # fmt: skip
+    await site.stop()  # the listener closes now; open connections carry on
+    server = runner.server
+    if server is not None and hasattr(server, "pre_shutdown"):
+        server.pre_shutdown()  # idle keep-alives close; busy ones after their response
+    if not await inflight.wait_idle(settings.SHUTDOWN_GRACE_S):
+        log_event("grace period over; closing the requests still open", 30,
+                  open_requests=inflight.count)  # fmt: skip
     await runner.cleanup()
     log_event("stopped")
 
@@ -155,7 +165,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     text = ENV_TEMPLATE.format(
         encryption=secrets.token_hex(32), hmac=secrets.token_hex(32), app=secrets.token_hex(24)
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        # O_EXCL: never through a (dangling) symlink, never over a file created meanwhile.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _fail(f"{path} already exists (or is a symlink); not overwriting it.")
+    except OSError as exc:
+        return _fail(f"cannot create {path}: {exc.strerror}")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     print(f"wrote {path} (mode 0600) with fresh secrets; start with: byok-relay serve")

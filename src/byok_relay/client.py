@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import codecs
 import json as _json
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
@@ -532,7 +532,7 @@ class RelayClient:
         params: Mapping[str, str] | None = None,
         stop_on_done: bool = True,
         raise_on_error: bool = True,
-    ) -> AsyncIterator[SSEEvent]:
+    ) -> AsyncGenerator[SSEEvent, None]:
         """Send a streaming request and yield the answer's SSE events as they arrive.
 
         A JSON (non-SSE) answer is yielded as one ``message`` event. An ``event: error`` raises
@@ -587,7 +587,7 @@ class RelayClient:
 
     def stream_chat(
         self, model: str, messages: list[Any] | None = None, **extra: Any
-    ) -> AsyncIterator[SSEEvent]:
+    ) -> AsyncGenerator[SSEEvent, None]:
         """Streamed request through ``POST /relay`` with ``stream: true``."""
         body: dict[str, Any] = {"model": model, **extra, "stream": True}
         if messages is not None:

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_FILE = ".env"
 DEFAULT_DATABASE_URL = "sqlite:///./data/relay.db"
 _PROVIDER_URL_VAR = re.compile(r"^PROVIDER_([A-Z0-9_]+)_BASE_URL$")
+_ORIGIN = re.compile(r"^https?://[^\s/?#@]+$")
 
 
 class ConfigError(Exception):
@@ -58,7 +59,11 @@ class Settings(BaseSettings):
     )
 
     # --- server ----------------------------------------------------------------
-    HOST: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
+    HOST: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Interface to listen on (0.0.0.0 in containers).",
+    )
     PORT: int = Field(3000, ge=1, le=65535, description="TCP port to listen on.")
     WORKERS: int = Field(1, ge=1, le=256, description="Worker processes sharing the port.")
     LOG_LEVEL: str = Field("info", description="debug, info, warning or error.")
@@ -85,6 +90,12 @@ class Settings(BaseSettings):
     )
     REDIS_URL: str | None = Field(
         None, description="redis://… shares rate limits (and invalidations) across instances."
+    )
+    REDIS_KEY_PREFIX: str = Field(
+        "byok-relay",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of this relay's Redis keys and pub/sub channel (several relays, "
+        "one Redis).",
     )
 
     # --- tokens ----------------------------------------------------------------
@@ -168,9 +179,24 @@ class Settings(BaseSettings):
     @classmethod
     def _rate(cls, v: str) -> str:
         try:
-            parse(v)
+            item = parse(v)
         except ValueError:
             raise ValueError(f"{v!r} is not a rate such as '100/minute' or '10 per hour'") from None
+        if item.amount < 1:
+            raise ValueError(f"{v!r} would refuse every request; the amount must be at least 1")
+        return v
+
+    @field_validator("ALLOWED_ORIGINS")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        # An origin is scheme://host[:port] exactly as browsers send it; anything else
+        # (a bare host, a path) would silently never match and break CORS.
+        for origin in _csv(v):
+            if origin not in ("*", "null") and not _ORIGIN.match(origin.rstrip("/")):
+                raise ValueError(
+                    f"{origin!r} is not an origin such as https://app.example or "
+                    "http://localhost:5173 (scheme, host and optional port; no path)"
+                )
         return v
 
     @field_validator("TRUSTED_PROXIES")

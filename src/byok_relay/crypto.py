@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ _TOKEN_BYTES = 32  # 256 bits of randomness
 TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # base64url of 32 bytes, unpadded
 _NONCE_BYTES = 12  # 96-bit GCM nonce, fresh per encryption
 _SALT = b"byok-relay/v1"
+# The exact shape new_token() produces: prefix + unpadded base64url, ASCII only.
+_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
 
 
 class DecryptionError(Exception):
@@ -106,12 +109,19 @@ def new_token() -> str:
 
 
 def looks_like_token(value: str) -> bool:
-    """Cheap shape check before any lookup: refuses garbage without touching storage."""
-    return len(value) == TOKEN_LENGTH and value.startswith(TOKEN_PREFIX)
+    """Cheap shape check before any lookup: refuses garbage without touching storage.
+
+    ASCII only: a header carrying non-UTF-8 bytes (decoded with surrogate escapes) must be
+    an invalid token (401), never reach the hasher."""
+    return len(value) == TOKEN_LENGTH and _TOKEN_SHAPE.fullmatch(value) is not None
 
 
 def constant_time_equals(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+    # surrogatepass: header values may carry undecodable bytes as lone surrogates; they
+    # must compare unequal, not raise.
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
 
 
 def key_hint(key: str) -> str:

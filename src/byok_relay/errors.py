@@ -15,13 +15,13 @@ class ApiError(Exception):
         message: str,
         *,
         headers: Mapping[str, str] | None = None,
-        **extra: object,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
-        self.extra = extra
+        self.extra = dict(extra or {})
 
     def response(self) -> web.Response:
         return json_response({"error": self.message, **self.extra}, self.status, self.headers)
@@ -36,7 +36,3 @@ def json_response(
         content_type="application/json",
         headers=headers,
     )
-
-
-def bad_request(message: str, **extra: object) -> ApiError:
-    return ApiError(400, message, **extra)

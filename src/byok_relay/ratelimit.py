@@ -2,7 +2,8 @@
 
 Limiter keys never hold a raw token: the relay limit is keyed by the token's HMAC, so
 whoever reads Redis cannot harvest working tokens. If Redis fails, counting falls back
-to this process (with a logged warning) rather than refusing traffic.
+to this process (with a logged warning) rather than refusing traffic; Redis is tried again
+after RETRY_SHARED_S, so a dead Redis costs requests no connect timeouts meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _MESSAGES = {
     "register": "Too many registrations from this address",
 }
 _WARN_EVERY_S = 30.0
+RETRY_SHARED_S = 2.0
 
 
 class RateLimiter:
@@ -38,22 +40,38 @@ class RateLimiter:
         }
         self._local = FixedWindowRateLimiter(MemoryStorage())
         self._shared: FixedWindowRateLimiter | None = None
-        self.backend = "memory"
         if settings.REDIS_URL:
-            storage: Storage = _redis_storage(settings.REDIS_URL)
+            storage: Storage = _redis_storage(settings.REDIS_URL, settings.REDIS_KEY_PREFIX)
             self._shared = FixedWindowRateLimiter(storage)
-            self.backend = "redis"
         self._last_warning = 0.0
+        self._shared_down_until = 0.0  # monotonic; while in the future, count locally
+
+    @property
+    def backend(self) -> str:
+        """Where limits are counted now (reported by GET /health?deep=1)."""
+        if self._shared is None:
+            return "memory"
+        if self._shared_down_until:
+            return "memory (redis unavailable, counting per process)"
+        return "redis"
 
     async def check(self, kind: str, key: str) -> None:
         """Count one hit; raise a 429 ApiError when the limit is exceeded."""
         item = self.items[kind]
-        limiter = self._shared or self._local
-        try:
-            allowed = await limiter.hit(item, kind, key)
-        except Exception as exc:  # Redis down or misbehaving: count locally instead.
-            self._warn_fallback(exc)
-            limiter = self._local
+        limiter = self._local
+        shared = self._shared
+        if shared is not None and time.monotonic() >= self._shared_down_until:
+            try:
+                allowed = await shared.hit(item, kind, key)
+                limiter = shared
+                if self._shared_down_until:
+                    self._shared_down_until = 0.0
+                    self._last_warning = 0.0  # a later outage warns again at once
+                    log_event("rate-limit store reachable again; counting shared")
+            except Exception as exc:  # Redis down or misbehaving: count locally instead.
+                self._shared_down_until = time.monotonic() + RETRY_SHARED_S
+                self._warn_fallback(exc)
+        if limiter is self._local:
             allowed = await limiter.hit(item, kind, key)
         if allowed:
             return
@@ -85,12 +103,13 @@ class RateLimiter:
             )
 
 
-def _redis_storage(url: str) -> Storage:
+def _redis_storage(url: str, key_prefix: str = "byok-relay") -> Storage:
     from limits.aio.storage import RedisStorage
 
     return RedisStorage(
         "async+" + url if not url.startswith("async+") else url,
         implementation="redispy",
+        key_prefix=f"{key_prefix}:limits",
         wrap_exceptions=True,
         socket_timeout=0.5,
         socket_connect_timeout=0.5,
@@ -120,7 +139,9 @@ class ClientAddress:
         peer = request.remote or "unknown"
         if not self._hops and not self._networks:
             return peer
-        forwarded = request.headers.get("x-forwarded-for")
+        # Every X-Forwarded-For line, in order: they form one list (RFC 9110 5.3). Reading
+        # only the first would let a client-sent line win over the one a proxy added.
+        forwarded = ",".join(request.headers.getall("x-forwarded-for", ()))
         if not forwarded:
             return peer
         chain = [a.strip() for a in forwarded.split(",") if a.strip()] + [peer]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import orjson
@@ -23,7 +23,7 @@ from byok_relay.errors import ApiError
 from byok_relay.metering import Meter
 from byok_relay.netguard import forbidden_cause
 from byok_relay.providers import ModelAllowlist, ModelRouter, Provider, ProviderRegistry
-from byok_relay.providers.paths import PathRefused, normalize_path
+from byok_relay.providers.paths import PathRefused, encode_path, normalize_path
 from byok_relay.providers.routing import model_in_path
 from byok_relay.ratelimit import ClientAddress, RateLimiter
 from byok_relay.storage import RequestLogRow
@@ -52,7 +52,6 @@ _STREAM_ERROR_EVENT = (
     b'event: error\ndata: {"error":{"type":"relay_error",'
     b'"message":"The connection to the provider was lost mid-stream."}}\n\n'
 )
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +99,7 @@ class Relay:
         try:
             path = normalize_path("/" + tail)
         except PathRefused as exc:
-            raise ApiError(403, f"Path refused: {exc}") from None
+            raise ApiError(403, str(exc)) from None
         if not provider.matcher.allows(request.method, path):
             raise ApiError(
                 403,
@@ -254,7 +253,7 @@ class Relay:
         """The session and URL for `path`: operator upstreams on the trusted session,
         client-supplied ones (checked) on the guarded one."""
         assert self.upstream.trusted is not None and self.upstream.guarded is not None
-        quoted = quote(path, safe=_PATH_SAFE)
+        quoted = encode_path(path)
         if provider.base_url is not None:
             return self.upstream.trusted, provider.base_url + quoted
         if not raw_base:

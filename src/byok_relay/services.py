@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from byok_relay.auth import Authenticator
+from byok_relay.bus import InvalidationBus
 from byok_relay.config import Settings
 from byok_relay.crypto import KeyCipher, TokenHasher
 from byok_relay.metrics import RelayMetrics
@@ -34,6 +35,7 @@ class Services:
     relay: Relay
     client_address: ClientAddress
     metrics: RelayMetrics
+    bus: InvalidationBus
 
     @classmethod
     def build(cls, settings: Settings, registry: ProviderRegistry) -> Services:
@@ -48,6 +50,10 @@ class Services:
         usage = UsageRecorder(storage, settings.REQUEST_LOG_RETENTION_DAYS)
         upstream = Upstream(settings)
         relay = Relay(settings, registry, auth, vault, limiter, usage, upstream)
+        # With REDIS_URL, revocations and key changes reach every instance's cache at once.
+        bus = InvalidationBus(
+            settings.REDIS_URL, f"{settings.REDIS_KEY_PREFIX}:invalidate", auth, vault, usage
+        )
         return cls(
             settings=settings,
             storage=storage,
@@ -62,6 +68,7 @@ class Services:
             relay=relay,
             client_address=relay.client_address,
             metrics=RelayMetrics(),
+            bus=bus,
         )
 
     async def start(self) -> None:
@@ -69,8 +76,10 @@ class Services:
         await self.storage.migrate()
         await self.upstream.start()
         self.usage.start()
+        await self.bus.start()
 
     async def stop(self) -> None:
+        await self.bus.stop()
         await self.usage.stop()
         await self.upstream.close()
         await self.storage.close()

@@ -9,7 +9,9 @@ provider family, closely enough that the official SDKs accept it (see
     ``POST /v1/chat/completions`` (JSON or SSE ``chat.completion.chunk`` + ``[DONE]``),
     ``/v1/completions``, ``/v1/embeddings`` (float or base64), ``/v1/responses`` (JSON or
     SSE), ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/audio/speech`` (binary),
-    ``POST /v1/audio/transcriptions`` and ``/translations`` (multipart in, JSON out).  The
+    ``POST /v1/audio/transcriptions`` and ``/translations`` (multipart in, JSON out),
+    ``/v1/images/generations``, ``/v1/moderations``, plus OpenRouter's ``GET /api/v1/key``
+    and Cohere's native ``POST /v2/chat`` (JSON or its SSE events).  The
     same routes answer without ``/v1`` and under ``/openai``, ``/api``, ``/inference`` and
     ``/compatibility`` (groq, openrouter, fireworks, cohere style), so one mock serves every
     OpenAI-compatible provider.
@@ -656,6 +658,7 @@ class MockProvider:
         if status == 429:
             headers["Retry-After"] = RETRY_AFTER_S
         body: Any
+        error: dict[str, Any]
         if self.flavor == "openai":
             if status == 401:
                 body = {
@@ -755,6 +758,10 @@ class MockProvider:
             ("POST", "/audio/speech"): self._openai_speech,
             ("POST", "/audio/transcriptions"): self._openai_transcription,
             ("POST", "/audio/translations"): self._openai_transcription,
+            ("POST", "/images/generations"): self._openai_images,
+            ("POST", "/moderations"): self._openai_moderations,
+            ("GET", "/key"): self._openrouter_key,  # OpenRouter: GET /api/v1/key
+            ("POST", "/v2/chat"): self._cohere_chat,  # Cohere's native v2 chat
         }
         handler = routes.get((method, rest))
         if handler is None and method == "GET" and rest.startswith("/models/"):
@@ -1086,6 +1093,108 @@ class MockProvider:
                 "file_size": len(content),
                 "file_sha256": hashlib.sha256(content).hexdigest(),
                 "usage": {"type": "duration", "seconds": 1},
+            }
+        )
+
+    async def _openai_images(self, call: _Call) -> web.StreamResponse:
+        streaming = self._maybe_stream(call)
+        if streaming is not None:
+            return await streaming
+        return _json_response(
+            {"created": _CREATED, "data": [{"b64_json": base64.b64encode(AUDIO_BYTES).decode()}]}
+        )
+
+    async def _openai_moderations(self, call: _Call) -> web.StreamResponse:
+        return _json_response(
+            {
+                "id": f"modr-mock{call.record.index}",
+                "model": call.model,
+                "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
+            }
+        )
+
+    async def _openrouter_key(self, call: _Call) -> web.StreamResponse:
+        return _json_response(
+            {
+                "data": {
+                    "label": "sk-or-v1-mock...",
+                    "usage": 0,
+                    "limit": None,
+                    "is_free_tier": False,
+                }
+            }
+        )
+
+    async def _cohere_chat(self, call: _Call) -> web.StreamResponse:
+        """Cohere v2 chat (``POST /v2/chat``): its own JSON and SSE event names."""
+        chat_id = f"mock-cohere-{call.record.index}"
+        text = BIG_TEXT if call.switch == MOCK_BIG else REPLY_TEXT
+        input_tokens = _token_estimate(call.record.body)
+
+        def usage(output: int) -> dict[str, Any]:
+            units = {"input_tokens": input_tokens, "output_tokens": output}
+            return {"billed_units": units, "tokens": units}
+
+        if (call.wants_stream or call.switch in _STREAMING_SWITCHES) and call.switch not in (
+            MOCK_JSON_FOR_STREAM,
+            MOCK_BIG,
+        ):
+            tokens = list(REPLY_TOKENS)
+
+            def body(i: int, _last: bool) -> bytes:
+                token = tokens[i] if i < len(tokens) else f"tok{i} "
+                return _sse(
+                    {
+                        "type": "content-delta",
+                        "index": 0,
+                        "delta": {"message": {"content": {"text": token}}},
+                    },
+                    "content-delta",
+                )
+
+            stream = self._stream_shape(
+                call,
+                _Stream(
+                    content_type="text/event-stream",
+                    head=[
+                        _sse(
+                            {
+                                "id": chat_id,
+                                "type": "message-start",
+                                "delta": {"message": {"role": "assistant", "content": []}},
+                            },
+                            "message-start",
+                        ),
+                        _sse(
+                            {
+                                "type": "content-start",
+                                "index": 0,
+                                "delta": {"message": {"content": {"type": "text", "text": ""}}},
+                            },
+                            "content-start",
+                        ),
+                    ],
+                    body=body,
+                    count=len(tokens),
+                ),
+            )
+            stream.tail = [
+                _sse({"type": "content-end", "index": 0}, "content-end"),
+                _sse(
+                    {
+                        "type": "message-end",
+                        "delta": {"finish_reason": "COMPLETE", "usage": usage(stream.count)},
+                    },
+                    "message-end",
+                ),
+            ]
+            return await self._send_stream(call, stream)
+        return _json_response(
+            {
+                "id": chat_id,
+                "finish_reason": "COMPLETE",
+                "message": {"role": "assistant", "content": [{"type": "text", "text": text}]},
+                "usage": usage(len(REPLY_TOKENS)),
             }
         )
 

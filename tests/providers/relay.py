@@ -13,10 +13,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -316,3 +316,26 @@ def register_user(relay: Relay, app_id: str = "test-app") -> User:
     return User(
         relay=relay, token=token, app_id=app_id, expires_at=data.get("expires_at"), raw=data
     )
+
+
+# -- fixture signatures (for annotations in test modules) ------------------------------
+class StartRelay(Protocol):
+    """The ``start_relay`` fixture."""
+
+    def __call__(
+        self,
+        data_dir: Path | None = None,
+        extra_args: list[str] | None = None,
+        health_timeout: float = HEALTH_TIMEOUT_S,
+        **env_overrides: str | None,
+    ) -> Relay: ...
+
+
+class RelayEnv(Protocol):
+    """The ``relay_env`` fixture."""
+
+    def __call__(self, data_dir: Path | None = None, **overrides: str | None) -> dict[str, str]: ...
+
+
+#: The ``register`` fixture: ``register(relay=None, app_id="test-app") -> User``.
+Register = Callable[..., User]

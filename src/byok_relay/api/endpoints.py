@@ -99,6 +99,9 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"Request body is larger than the limit of {limit} bytes.") from None
+    except web.RequestPayloadError:
+        # e.g. a Content-Encoding the body does not match (corrupt gzip): the client's fault.
+        raise ApiError(400, "Request body could not be read (bad Content-Encoding?).") from None
     try:
         data = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
@@ -118,7 +121,10 @@ def require_app_secret(request: web.Request, svc: Services, *, required: bool) -
             raise ApiError(503, "This endpoint needs APP_SECRET to be configured on the relay.")
         return
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme != "Bearer" or not constant_time_equals(value, secret.get_secret_value()):
+    # The scheme is case-insensitive (RFC 9110), as for relay tokens (auth.read_credential).
+    if scheme.lower() != "bearer" or not constant_time_equals(
+        value.strip(), secret.get_secret_value()
+    ):
         raise ApiError(
             401, "Unauthorized: a valid Authorization: Bearer <APP_SECRET> header is required."
         )

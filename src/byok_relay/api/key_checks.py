@@ -71,20 +71,14 @@ async def rotate_key(
         raise ApiError(
             422,
             f"The provider rejected the new key (HTTP {status}); the old key is kept.",
-            ok=False,
-            provider=provider.name,
-            rotated=False,
-            status=status,
+            extra={"ok": False, "provider": provider.name, "rotated": False, "status": status},
         )
     if not 200 <= status < 300:
         raise ApiError(
             502,
             f"Could not verify the new key (provider answered HTTP {status}); "
             "the old key is kept. Try again later.",
-            ok=False,
-            provider=provider.name,
-            rotated=False,
-            status=status,
+            extra={"ok": False, "provider": provider.name, "rotated": False, "status": status},
         )
     await svc.vault.put(principal.user_id, provider.name, body.key, base_url)
     # As the reference: rotated=false when there was no key before (a first store).

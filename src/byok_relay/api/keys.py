@@ -26,7 +26,7 @@ def provider_from_path(request: web.Request, svc: Services) -> Provider:
         raise ApiError(
             400,
             f'Unsupported provider "{name}". Supported: {", ".join(svc.registry.names)}.',
-            supported=svc.registry.names,
+            extra={"supported": svc.registry.names},
         )
     return provider
 

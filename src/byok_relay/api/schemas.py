@@ -12,6 +12,10 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
 
+def _is_control(c: str) -> bool:
+    return ord(c) < 32 or 127 <= ord(c) < 160
+
+
 class RegisterRequest(_Body):
     app_id: StrictStr = Field(
         description="Your application's id (non-empty, at most 128 characters)."
@@ -22,6 +26,9 @@ class RegisterRequest(_Body):
     def _app_id(cls, v: str) -> str:
         if not v.strip() or len(v) > APP_ID_MAX:
             raise ValueError(f"must be a non-empty string of at most {APP_ID_MAX} characters")
+        if any(_is_control(c) for c in v):
+            # NUL cannot even be stored in PostgreSQL text; none belongs in an app id.
+            raise ValueError("must not contain control characters")
         return v
 
 
@@ -33,7 +40,7 @@ class TokenResponse(BaseModel):
 def _check_key(v: str) -> str:
     if not KEY_MIN <= len(v) <= KEY_MAX:
         raise ValueError(f"must be {KEY_MIN} to {KEY_MAX} characters long")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in v):
+    if any(c.isspace() or _is_control(c) for c in v):
         raise ValueError("must not contain whitespace or control characters")
     return v
 

@@ -76,8 +76,8 @@ class ModelRouter:
         if sep:
             provider = self._registry.get(prefix.lower())
             if provider is not None and rest:
-                path = self._path_for(provider, rest, stream, None)
-                return Route(provider, path, rest) if path else None
+                target = self._path_for(provider, rest, stream, None)
+                return Route(provider, target, rest) if target else None
         for regex, name, path in self._compiled:
             if regex.match(model):
                 provider = self._registry.get(name)

@@ -71,6 +71,7 @@ class SQLStorage(Storage):
 
     async def schema_version(self) -> int:
         async with self._write() as tx:
+            await self._lock_for_migration(tx)
             versions = await self._applied_versions(tx)
         return max(versions, default=0)
 
@@ -120,9 +121,15 @@ class SQLStorage(Storage):
             )
             if row is None:
                 return False
-            await tx.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE token_hash = ?", (now, old_hash)
+            # Conditional: of two concurrent rotations only one revokes the old token
+            # (PostgreSQL re-checks the WHERE after waiting for the row lock), so a token
+            # can never yield two live successors.
+            n = await tx.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+                (now, old_hash),
             )
+            if n == 0:
+                return False
             await tx.execute(
                 "INSERT INTO tokens (token_hash, user_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?)",
