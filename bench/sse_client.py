@@ -107,7 +107,7 @@ def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100.0 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100.0 * (len(values) - 1)))]
 
 
 async def run_streams(args: argparse.Namespace) -> dict[str, object]:

@@ -8,7 +8,8 @@ Shared services (markers ``postgres`` / ``redis``):
     ``redis://127.0.0.1:6379/0``): each test gets its own key prefix
     (``REDIS_KEY_PREFIX``) and every key under it is deleted afterwards.
 
-When a service is missing the test is skipped with the reason, or fails when ``CI=true``.
+When a service is missing the test is skipped with the reason, or fails when ``CI=true``
+or ``REQUIRE_SERVICES=1``.
 
 Private instances (fault tests stop and start them; the machine's services are never
 touched): ``PrivateRedis`` (``redis-server`` on a free port, nothing on disk) and
@@ -42,7 +43,8 @@ import pytest
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() == "true"
+#: Missing services fail the test instead of skipping it (CI sets one of these).
+IN_CI = os.environ.get("CI", "").lower() == "true" or os.environ.get("REQUIRE_SERVICES") == "1"
 BACKEND = os.environ.get("BYOK_TEST_BACKEND", "sqlite").lower()
 
 T = TypeVar("T")
@@ -70,7 +72,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 def service_missing(what: str) -> None:
     """Skip (or, in CI, fail) a test whose service is not reachable."""
     if IN_CI:
-        pytest.fail(f"{what} (CI=true: the services must be running)", pytrace=False)
+        pytest.fail(f"{what} (CI / REQUIRE_SERVICES: the services must run)", pytrace=False)
     pytest.skip(what)
 
 

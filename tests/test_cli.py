@@ -230,6 +230,17 @@ def test_migrate_with_bad_config_fails_cleanly(cli: InProcessCli) -> None:
     assert "ENCRYPTION_SECRET" in r.stderr
 
 
+def test_migrate_unopenable_database_is_one_line(cli: InProcessCli) -> None:
+    r = cli(
+        "migrate",
+        ENCRYPTION_SECRET=TEST_ENCRYPTION_SECRET,
+        DATABASE_URL="sqlite:////proc/no-such-dir/relay.db",
+    )
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0], r.stderr
+
+
 # --- doctor -----------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ DB_PATH, DATABASE_URL forms, `.env` reading and environment-over-.env precedence
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from test_cli import cli as cli
 
 HTTP = http_client()  # one shared keep-alive client (no per-call SSL setup)
 
+BUSY_PORT = "<a port another process listens on>"
+
 #: The cases run as real `python -m byok_relay serve` processes (concurrently).
 SERVE_SUBPROCESS: list[tuple[str, dict[str, str | None], str]] = [
     ("secret-missing", {"ENCRYPTION_SECRET": None}, "ENCRYPTION_SECRET"),
@@ -27,11 +30,15 @@ SERVE_SUBPROCESS: list[tuple[str, dict[str, str | None], str]] = [
     ("rate-relay", {"RATE_LIMIT_RELAY": "banana"}, "RATE_LIMIT_RELAY"),
     ("db-mysql", {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
     ("providers-file", {"PROVIDERS_FILE": "/nonexistent"}, "PROVIDERS_FILE"),
+    # valid values the relay cannot start with: still one line naming the variable
+    ("db-unopenable", {"DATABASE_URL": "sqlite:////proc/no-such-dir/relay.db"}, "DATABASE_URL"),
+    ("port-in-use", {"PORT": BUSY_PORT}, "PORT"),
 ]
+_IN_PROCESS_ONLY = ("db-unopenable", "port-in-use")  # these pass config checking
 
 #: More bad values, through `cli.main(["serve"])` in-process (same code path).
 SERVE_IN_PROCESS: list[tuple[str, dict[str, str | None], str]] = [
-    *SERVE_SUBPROCESS,
+    *(case for case in SERVE_SUBPROCESS if case[0] not in _IN_PROCESS_ONLY),
     ("secret-empty", {"ENCRYPTION_SECRET": ""}, "ENCRYPTION_SECRET"),
     ("port-range", {"PORT": "70000"}, "PORT"),
     ("port-zero", {"PORT": "0"}, "PORT"),
@@ -42,6 +49,9 @@ SERVE_IN_PROCESS: list[tuple[str, dict[str, str | None], str]] = [
     ("providers-dir", {"PROVIDERS_FILE": "/"}, "PROVIDERS_FILE"),
     ("expiry-negative", {"TOKEN_EXPIRY_DAYS": "-1"}, "TOKEN_EXPIRY_DAYS"),
     ("expiry-text", {"TOKEN_EXPIRY_DAYS": "ninety"}, "TOKEN_EXPIRY_DAYS"),
+    # would overflow the 64-bit ms timestamp: every registration a 500
+    ("expiry-huge", {"TOKEN_EXPIRY_DAYS": "1000000000000"}, "TOKEN_EXPIRY_DAYS"),
+    ("retention-huge", {"REQUEST_LOG_RETENTION_DAYS": "10" * 10}, "REQUEST_LOG_RETENTION_DAYS"),
     ("body-limit", {"REQUEST_BODY_LIMIT_BYTES": "lots"}, "REQUEST_BODY_LIMIT_BYTES"),
     ("body-limit-tiny", {"REQUEST_BODY_LIMIT_BYTES": "10"}, "REQUEST_BODY_LIMIT_BYTES"),
     ("log-level", {"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
@@ -72,6 +82,7 @@ SERVE_IN_PROCESS: list[tuple[str, dict[str, str | None], str]] = [
         {"TOKEN_EXPIRY_DAYS": "0", "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.0.0/16"},
         {"TRUSTED_PROXIES": "2", "ALLOW_PRIVATE_UPSTREAMS": "true"},
         {"DATABASE_URL": None, "DB_PATH": "x.db"},
+        {"TOKEN_EXPIRY_DAYS": "36500", "REQUEST_LOG_RETENTION_DAYS": "0"},
     ],
     ids=repr,
 )
@@ -90,11 +101,11 @@ def _base_env(cwd: Path) -> dict[str, str | None]:
 
 
 def _serve(cwd: Path, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
-    """`serve` with a bad value must exit at once; one that starts is killed after 20 s."""
+    """`serve` with a bad value must exit at once; one that starts is killed after 90 s."""
     try:
-        return run_cli(cwd, "serve", timeout=20, **{**_base_env(cwd), **env})
+        return run_cli(cwd, "serve", timeout=90, **{**_base_env(cwd), **env})
     except subprocess.TimeoutExpired as exc:
-        return subprocess.CompletedProcess(exc.cmd, -1, "", "(still running after 20 s)")
+        return subprocess.CompletedProcess(exc.cmd, -1, "", "(still running after 90 s)")
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +114,20 @@ def bad_serves(
 ) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
     """Every SERVE_SUBPROCESS case run once, concurrently (each is a Python start-up)."""
     dirs = {case: tmp_path_factory.mktemp(f"bad-{case}") for case, _, _ in SERVE_SUBPROCESS}
-    with ThreadPoolExecutor(max_workers=len(SERVE_SUBPROCESS)) as pool:
-        futures = {case: pool.submit(_serve, dirs[case], env) for case, env, _ in SERVE_SUBPROCESS}
-        yield {case: f.result() for case, f in futures.items()}
+    with socket.socket() as busy, ThreadPoolExecutor(max_workers=len(SERVE_SUBPROCESS)) as pool:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        busy_port = str(busy.getsockname()[1])
+        futures = {
+            case: pool.submit(
+                _serve,
+                dirs[case],
+                {k: busy_port if v == BUSY_PORT else v for k, v in env.items()},
+            )
+            for case, env, _ in SERVE_SUBPROCESS
+        }
+        results = {case: f.result() for case, f in futures.items()}
+    yield results
 
 
 def _assert_one_line_naming(returncode: int, stdout: str, stderr: str, var: str) -> None:

@@ -45,12 +45,15 @@ PREFLIGHTS = {
     "openai": ("/relay/openai/v1/chat/completions", "POST", OPENAI_JS),
     "openai-models": ("/relay/openai/v1/models", "GET", OPENAI_JS),
     "anthropic": ("/relay/anthropic/v1/messages", "POST", ANTHROPIC_JS),
-    "genai": ("/relay/google/v1beta/models/gemini-2.0-flash:streamGenerateContent", "POST",
-              GENAI_JS),
+    "genai": (
+        "/relay/google/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+        "POST",
+        GENAI_JS,
+    ),
     "unified": ("/relay", "POST", RELAY_JS),
     "keys": ("/keys/openai", "POST", RELAY_JS),
     "delete-key": ("/keys/openai", "DELETE", RELAY_JS),
-}  # fmt: skip
+}
 EXPOSED = [
     "retry-after",
     "x-request-id",
@@ -157,13 +160,9 @@ def test_cors_on_relay_errors(relay: Relay) -> None:
 
 # ----------------------------------------------------------------------- ALLOWED_ORIGINS
 @pytest.fixture(scope="module")
-def strict_relay(
-    mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Relay]:
+def strict_relay(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     directory: Path = tmp_path_factory.mktemp("relay-cors")
-    env = build_relay_env(
-        mocks, directory, ALLOWED_ORIGINS=f"{APP}, http://127.0.0.1:5173/"
-    )
+    env = build_relay_env(mocks, directory, ALLOWED_ORIGINS=f"{APP}, http://127.0.0.1:5173/")
     server = start_relay_process(env, directory)
     try:
         yield server
@@ -196,9 +195,14 @@ def test_allowed_origin_is_echoed_with_vary(origin: str, strict_relay: Relay) ->
 
 @pytest.mark.parametrize(
     "origin",
-    [OTHER, "https://app.example.com.evil.net", "http://app.example.com", "null",
-     "https://APP.example.com.evil"],
-)  # fmt: skip
+    [
+        OTHER,
+        "https://app.example.com.evil.net",
+        "http://app.example.com",
+        "null",
+        "https://APP.example.com.evil",
+    ],
+)
 def test_other_origins_get_no_cors(origin: str, strict_relay: Relay) -> None:
     path, method, headers = PREFLIGHTS["openai"]
     preflight = _preflight(strict_relay, path, method, headers, origin)

@@ -134,7 +134,9 @@ def test_relay_token_never_reaches_provider(
     _no_secret_anywhere(request, user.token)
 
 
-def test_google_key_is_a_header_never_in_the_url(client: httpx.Client, mocks: MockProviders) -> None:
+def test_google_key_is_a_header_never_in_the_url(
+    client: httpx.Client, mocks: MockProviders
+) -> None:
     response = client.post(
         f"/relay/google/v1/models/gemini-2.0-flash:generateContent?key={CLIENT_SECRET}",
         json=GEMINI,
@@ -245,9 +247,9 @@ def test_provider_errors_pass_through_unchanged(
     mock: MockProvider = getattr(mocks, flavor)
     send = {**body, "model": switch} if "model" in body else body
     relayed = client.post(path.format(model=switch), json=send)
-    direct = http.post(mock.url + path.removeprefix(f"/relay/{_provider(flavor)}").format(
-        model=switch
-    ), json=send)
+    direct = http.post(
+        mock.url + path.removeprefix(f"/relay/{_provider(flavor)}").format(model=switch), json=send
+    )
     assert direct.status_code == status
     assert relayed.status_code == status
     assert relayed.headers["content-type"] == direct.headers["content-type"]
@@ -407,7 +409,9 @@ def test_credential_headers_and_precedence(
     with relay.client() as client:
         response = client.post("/relay/openai/v1/chat/completions", json=CHAT, headers=headers)
     assert response.status_code == 200, response.text
-    assert mocks.openai.last_request.headers["authorization"] == f"Bearer sk-user{winner}-0000000000"
+    assert (
+        mocks.openai.last_request.headers["authorization"] == f"Bearer sk-user{winner}-0000000000"
+    )
 
 
 def test_credential_precedence_wrong_winner_is_401(

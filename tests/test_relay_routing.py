@@ -70,16 +70,31 @@ def client(user: User) -> Iterator[httpx.Client]:
     [
         ("openai/gpt-4o", "openai", "/v1/chat/completions", "gpt-4o"),
         ("anthropic/claude-3-5-haiku", "anthropic", "/v1/messages", "claude-3-5-haiku"),
-        ("groq/llama-3.1-8b-instant", "openai", "/openai/v1/chat/completions", "llama-3.1-8b-instant"),
-        ("openrouter/meta-llama/llama-3-8b", "openai", "/api/v1/chat/completions", "meta-llama/llama-3-8b"),
+        (
+            "groq/llama-3.1-8b-instant",
+            "openai",
+            "/openai/v1/chat/completions",
+            "llama-3.1-8b-instant",
+        ),
+        (
+            "openrouter/meta-llama/llama-3-8b",
+            "openai",
+            "/api/v1/chat/completions",
+            "meta-llama/llama-3-8b",
+        ),
         ("deepseek/deepseek-chat", "openai", "/chat/completions", "deepseek-chat"),
         ("OpenAI/gpt-4o", "openai", "/v1/chat/completions", "gpt-4o"),
     ],
-)  # fmt: skip
+)
 def test_unified_provider_prefix_is_stripped(
-    model: str, flavor: str, path: str, sent_model: str, relay: Relay, register: Any,
+    model: str,
+    flavor: str,
+    path: str,
+    sent_model: str,
+    relay: Relay,
+    register: Any,
     mocks: MockProviders,
-) -> None:  # fmt: skip
+) -> None:
     provider = model.split("/", 1)[0].lower()
     user: User = register(relay)
     user.store_key(provider, FAKE_KEY)
@@ -135,8 +150,10 @@ def test_unified_gemini_stream_goes_to_stream_generate_content_sse(
     assert request.path.endswith("/models/gemini-2.0-flash:streamGenerateContent")
     assert request.query.getall("alt") == ["sse"]
     assert request.json() == {**GEMINI, "generationConfig": {"temperature": 0}}
-    text = "".join(e.json()["candidates"][0]["content"]["parts"][0]["text"]
-                   for e in parse_sse_events(response.content))  # fmt: skip
+    text = "".join(
+        e.json()["candidates"][0]["content"]["parts"][0]["text"]
+        for e in parse_sse_events(response.content)
+    )
     assert text == REPLY_TEXT
 
 
@@ -269,8 +286,11 @@ def test_disallowed_paths_are_403_json(
 def test_dot_segments_are_normalised_before_the_allowlist(
     relay: Relay, user: User, mocks: MockProviders
 ) -> None:
-    for raw in ("/relay/openai/v1/./chat/completions", "/relay/openai/v1/x/../chat/completions",
-                "/relay/openai/v1/%63hat/completions"):  # fmt: skip
+    for raw in (
+        "/relay/openai/v1/./chat/completions",
+        "/relay/openai/v1/x/../chat/completions",
+        "/relay/openai/v1/%63hat/completions",
+    ):
         status, body, _ = _raw_request(relay, "POST", raw, user.token, orjson.dumps(CHAT))
         assert status == 200, (raw, body)
         assert mocks.openai.last_request.path == "/v1/chat/completions"
@@ -358,13 +378,13 @@ def test_provider_name_with_dash_env_override(quota_relay: Relay, mocks: MockPro
 
 # ---------------------------------------------------------------------- model allowlist
 @pytest.fixture(scope="module")
-def models_relay(
-    mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Relay]:
+def models_relay(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     yield from _module_relay(
-        mocks, tmp_path_factory, "relay-models",
+        mocks,
+        tmp_path_factory,
+        "relay-models",
         ALLOWED_MODELS="gpt-4o*, claude-*,google/gemini-2.0-*",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -439,6 +459,23 @@ def test_allowed_models_on_provider_routes(
         _no_upstream_calls(mocks)
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_allowed_models_not_bypassed_by_content_type(
+    content_type: str | None, models_user: User, mocks: MockProviders
+) -> None:
+    """The relay sends JSON upstream as JSON; the allowlist must read it the same way."""
+    raw = orjson.dumps({**CHAT, "model": "gpt-3.5-turbo"})
+    headers = {"content-type": content_type} if content_type else {}
+    with models_user.client() as client:
+        request = client.build_request(
+            "POST", "/relay/openai/v1/chat/completions", content=raw, headers=headers
+        )
+        assert "content-type" not in request.headers or content_type is not None
+        response = client.send(request)
+    _json_error(response, 403)
+    _no_upstream_calls(mocks)
+
+
 def test_allowed_models_leaves_model_free_routes_alone(
     models_user: User, models_relay: Relay
 ) -> None:
@@ -485,9 +522,10 @@ def test_every_builtin_provider_is_reachable(
     user: User = register(relay)
     user.store_key(provider, key)
     kwargs: dict[str, Any] = (
-        {"json": body} if body is not None
+        {"json": body}
+        if body is not None
         else {"content": b"RIFF\x00\x01", "headers": {"content-type": "audio/wav"}}
-    )  # fmt: skip
+    )
     with user.client() as client:
         response = client.post(f"/relay/{provider}{path}", **kwargs)
         refused = client.post(f"/relay/{provider}/v1/files", json={})
@@ -526,9 +564,7 @@ def test_unified_prefix_for_more_providers(
 
 # --------------------------------------------- PROVIDERS_FILE, overrides, openai-compatible
 @pytest.fixture(scope="module")
-def custom_relay(
-    mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Relay]:
+def custom_relay(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     """PROVIDERS_FILE with two custom providers and a built-in override; mistral moved by
     env; private client base URLs allowed (the mocks are on 127.0.0.1)."""
     directory = tmp_path_factory.mktemp("providers-file")
@@ -659,6 +695,19 @@ def test_openai_compatible_base_url_header(custom_user: User, mocks: MockProvide
     assert echo["headers"]["authorization"] == f"Bearer {FAKE_KEY}"
     assert "x-relay-base-url" not in echo["headers"]
     assert mocks.openai.requests == []
+
+
+def test_openai_compatible_base_url_prefix_is_normalised(
+    custom_user: User, mocks: MockProviders
+) -> None:
+    custom_user.store_key("openai-compatible", FAKE_KEY)
+    with custom_user.client() as client:
+        response = client.get(
+            "/relay/openai-compatible/v1/models",
+            headers={"x-relay-base-url": mocks.generic.url + "/x/../api/./v2/"},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["path"] == "/api/v2/v1/models"
 
 
 @pytest.mark.parametrize(

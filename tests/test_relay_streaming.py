@@ -8,8 +8,10 @@ use ``time.monotonic()`` in this process (the mocks run in threads here).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -51,9 +53,7 @@ class Arrival:
     reads: int  # socket reads that carried data
 
 
-def stream_events(
-    client: httpx.Client, method: str, url: str, **kwargs: Any
-) -> Arrival:
+def stream_events(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Arrival:
     """Send a request and record when each SSE event becomes complete at the client."""
     parser = SSEParser()
     events: list[SSEEvent] = []
@@ -239,10 +239,14 @@ def test_multipart_upload_reaches_provider_byte_for_byte(
     boundary = "----relaytestboundary7MA4YWxkTrZu0gW"
     upload = bytes(range(256)) * 64 + b"\r\n--" + boundary.encode() + b"x\r\n"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="clip.mp3"\r\n'
-        "Content-Type: audio/mpeg\r\n\r\n"
-    ).encode() + upload + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="clip.mp3"\r\n'
+            "Content-Type: audio/mpeg\r\n\r\n"
+        ).encode()
+        + upload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     content_type = f"multipart/form-data; boundary={boundary}"
     response = client.post(
         "/relay/openai/v1/audio/transcriptions",
@@ -330,16 +334,40 @@ def test_client_giving_up_before_headers_cancels_upstream(
 
 # ----------------------------------------------------------------------- upstream faults
 @pytest.fixture(scope="module")
+def blackhole() -> Iterator[str]:
+    """A port whose accept queue is full: new connections hang in SYN_SENT."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+@pytest.fixture(scope="module")
 def faulty_relay(
-    mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory
+    mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory, blackhole: str
 ) -> Iterator[Relay]:
-    """openai unreachable (port 1), every provider answers headers within 1 s or 504."""
+    """openai refuses connections (port 1), groq never completes the TCP handshake,
+    every provider must send headers within 1 s."""
     directory: Path = tmp_path_factory.mktemp("relay-faulty")
     env = build_relay_env(
         mocks,
         directory,
         PROVIDER_OPENAI_BASE_URL="http://127.0.0.1:1",
+        PROVIDER_GROQ_BASE_URL=blackhole,
         UPSTREAM_TIMEOUT_S="1",
+        UPSTREAM_CONNECT_TIMEOUT_S="0.5",
     )
     server = start_relay_process(env, directory)
     try:
@@ -353,6 +381,7 @@ def faulty_user(faulty_relay: Relay, register: Any) -> User:
     new_user: User = register(faulty_relay)
     new_user.store_key("openai", FAKE_KEY)
     new_user.store_key("anthropic", FAKE_KEY)
+    new_user.store_key("groq", FAKE_KEY)
     return new_user
 
 
@@ -374,10 +403,21 @@ def test_unreachable_provider_is_502(faulty_user: User, stream: bool) -> None:
     assert "127.0.0.1" not in message  # no upstream host names in relay errors
 
 
+def test_connect_timeout_is_unreachable_502(faulty_user: User) -> None:
+    """A provider that never accepts the connection is unreachable (502), not slow (504)."""
+    started = time.monotonic()
+    with faulty_user.client() as client:
+        response = client.post("/relay/groq/openai/v1/chat/completions", json=CHAT)
+    _assert_relay_error(response, 502)
+    assert time.monotonic() - started < 5.0
+
+
 def test_no_response_headers_in_time_is_504(faulty_user: User, mocks: MockProviders) -> None:
     started = time.monotonic()
     with faulty_user.client() as client:
-        response = client.post("/relay/anthropic/v1/messages", json={**CLAUDE, "model": "mock-hang"})
+        response = client.post(
+            "/relay/anthropic/v1/messages", json={**CLAUDE, "model": "mock-hang"}
+        )
     elapsed = time.monotonic() - started
     _assert_relay_error(response, 504)
     assert 0.9 <= elapsed < 5.0

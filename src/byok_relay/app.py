@@ -8,6 +8,7 @@ on every response, streamed ones included, just before their headers leave.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from byok_relay.api import key_checks, keys, meta, stats, users  # noqa: F401  (
 from byok_relay.api.endpoints import ENDPOINTS, make_handler
 from byok_relay.config import Settings
 from byok_relay.errors import ApiError, json_response
-from byok_relay.logs import access_logger
+from byok_relay.logs import AccessLog, access_logger
 from byok_relay.providers import ProviderRegistry
 from byok_relay.services import SERVICES, Services
 from byok_relay.storage import StorageUnavailable
@@ -75,8 +76,13 @@ class Cors:
         return origin if origin in self.origins else None
 
 
+_ID_PREFIX = os.urandom(4).hex()
+_id_counter = itertools.count(1)
+
+
 def _new_request_id() -> str:
-    return os.urandom(8).hex()
+    # Unique per process start and request, without a syscall per request.
+    return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
 def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> web.Application:
@@ -87,6 +93,7 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
     cors = Cors(settings.allowed_origins)
     https_forwarded = bool(settings.TRUSTED_PROXIES)
     metrics = services.metrics
+    access_log = AccessLog(enabled=settings.LOG_LEVEL in ("debug", "info"))
 
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -126,20 +133,17 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
             elapsed = time.perf_counter() - started
             route = _route_name(request)
             metrics.observe(route, request.method, status, elapsed, request.get("provider"))
-            access_logger.info(
-                "request",
-                extra={
-                    "fields": {
-                        "id": rid,
-                        "method": request.method,
-                        "route": route,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 2),
-                        "provider": request.get("provider"),
-                        "model": request.get("model"),
-                        "stream_error": request.get("stream_error"),
-                    }
-                },
+            access_log.write(
+                {
+                    "id": rid,
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "provider": request.get("provider"),
+                    "model": request.get("model"),
+                    "stream_error": request.get("stream_error"),
+                }
             )
 
     async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -176,12 +180,13 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
 
     app.cleanup_ctx.append(lifecycle)  # type: ignore[arg-type]
 
-    for ep in ENDPOINTS:
-        app.router.add_route(ep.method, ep.path, make_handler(ep))
+    # The hot routes first: the router tries resources in registration order.
     relay = services.relay
-    app.router.add_route("POST", "/relay", relay.unified_route)
     app.router.add_route("POST", "/relay/{provider}/{path:.*}", relay.provider_route)
     app.router.add_route("GET", "/relay/{provider}/{path:.*}", relay.provider_route)
+    app.router.add_route("POST", "/relay", relay.unified_route)
+    for ep in ENDPOINTS:
+        app.router.add_route(ep.method, ep.path, make_handler(ep))
     return app
 
 

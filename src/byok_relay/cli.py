@@ -17,6 +17,18 @@ from byok_relay import __version__
 from byok_relay.config import ENV_FILE, ConfigError, Settings, load_settings
 from byok_relay.logs import configure_logging, log_event
 from byok_relay.providers import ProviderConfigError
+from byok_relay.storage import StorageUnavailable
+
+
+class StartError(Exception):
+    """The configuration is valid but the relay cannot start with it (one line, named)."""
+
+
+def _database_problem(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"DATABASE_URL: cannot open the database: {exc.strerror}{where}"
+    return f"DATABASE_URL: cannot open the database: {exc}"
 
 
 def _fail(message: str) -> int:
@@ -49,9 +61,18 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
         access_log=None,
         shutdown_timeout=CLOSE_TIMEOUT_S,  # after our own SHUTDOWN_GRACE_S wait below
     )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.HOST, settings.PORT, reuse_port=reuse_port)
-    await site.start()
+    try:
+        await runner.setup()  # opens and migrates the database
+    except (StorageUnavailable, OSError) as exc:
+        raise StartError(_database_problem(exc)) from None
+    site = web.TCPSite(runner, settings.HOST, settings.PORT, reuse_port=reuse_port, backlog=4096)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartError(
+            f"PORT: cannot listen on {settings.HOST}:{settings.PORT}: {exc.strerror or exc}"
+        ) from None
     log_event(
         "byok-relay listening",
         host=settings.HOST,
@@ -111,7 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _run_worker(settings, reuse_port=False)
         return 0
     # Migrate once here, then N processes share the port (SO_REUSEPORT).
-    asyncio.run(_migrate(settings))
+    try:
+        asyncio.run(_migrate(settings))
+    except (StorageUnavailable, OSError) as exc:
+        raise StartError(_database_problem(exc)) from None
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_run_worker, args=(settings, True), daemon=False)
@@ -192,7 +216,10 @@ async def _migrate(settings: Settings) -> list[int]:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    applied = asyncio.run(_migrate(settings))
+    try:
+        applied = asyncio.run(_migrate(settings))
+    except (StorageUnavailable, OSError) as exc:
+        raise StartError(_database_problem(exc)) from None
     print(f"applied migrations: {applied}" if applied else "schema is up to date")
     return 0
 
@@ -254,5 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except ConfigError as exc:
         return _fail(f"invalid configuration: {exc}")
+    except StartError as exc:
+        return _fail(f"cannot start: {exc}")
     except KeyboardInterrupt:
         return 130

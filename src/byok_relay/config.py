@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     )
     DB_POOL_SIZE: int = Field(10, ge=1, le=1000, description="PostgreSQL connection pool size.")
     REQUEST_LOG_RETENTION_DAYS: int = Field(
-        90, ge=0, description="Days request-log rows are kept (0 = forever)."
+        90, ge=0, le=36500, description="Days request-log rows are kept (0 = forever)."
     )
     CACHE_TTL_S: float = Field(
         1.0,
@@ -99,7 +99,10 @@ class Settings(BaseSettings):
     )
 
     # --- tokens ----------------------------------------------------------------
-    TOKEN_EXPIRY_DAYS: int = Field(90, ge=0, description="Relay-token lifetime; 0 = never.")
+    # Capped at 100 years: ms timestamps must fit a 64-bit column (SQLite/PostgreSQL).
+    TOKEN_EXPIRY_DAYS: int = Field(
+        90, ge=0, le=36500, description="Relay-token lifetime in days (at most 36500); 0 = never."
+    )
 
     # --- relaying --------------------------------------------------------------
     ALLOWED_ORIGINS: str = Field("*", description="CORS origins, comma list; * for any.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -48,3 +49,45 @@ def configure_logging(level: str = "info") -> None:
 
 def log_event(msg: str, level: int = logging.INFO, **fields: Any) -> None:
     logger.log(level, msg, extra={"fields": fields})
+
+
+class AccessLog:
+    """One JSON line per request, off the logging machinery: serialised with orjson and
+    written once per event-loop tick (a burst of requests costs one write syscall)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._lines: list[bytes] = []
+        self._scheduled = False
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a request
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def write(self, fields: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        entry = {"ts": self._timestamp(), "level": "info", "msg": "request", **fields}
+        self._lines.append(orjson.dumps(entry) + b"\n")
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (shutdown): write now
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        data = b"".join(self._lines)
+        self._lines.clear()
+        sys.stdout.flush()  # keep order with lines written through `logging`
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()

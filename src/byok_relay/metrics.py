@@ -3,7 +3,9 @@ answers with its own counts; scrape each, or run one worker per container)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -33,20 +35,24 @@ class RelayMetrics:
             ("provider", "status"),
             registry=self.registry,
         )
-        self.open_requests = Gauge(
-            "byok_relay_open_requests",
-            "Requests being handled now (open streams included)",
-            registry=self.registry,
-        )
+        self._children: dict[tuple[str, str, int, str | None], tuple[Any, Any, Any]] = {}
 
     def observe(
         self, route: str, method: str, status: int, seconds: float, provider: str | None
     ) -> None:
-        status_label = str(status)
-        self.requests.labels(route, method, status_label).inc()
-        self.duration.labels(route).observe(seconds)
-        if provider is not None:
-            self.upstream.labels(provider, status_label).inc()
+        key = (route, method, status, provider)
+        children = self._children.get(key)
+        if children is None:  # labels() is a dict lookup plus locking: do it once per key
+            status_label = str(status)
+            children = self._children[key] = (
+                self.requests.labels(route, method, status_label),
+                self.duration.labels(route),
+                self.upstream.labels(provider, status_label) if provider else None,
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+        if children[2] is not None:
+            children[2].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

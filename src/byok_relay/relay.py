@@ -322,6 +322,9 @@ class Relay:
                     status = 400
                     raise ApiError(400, str(forbidden)) from None
                 raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
+            except aiohttp.ConnectionTimeoutError:
+                # No TCP connection at all: unreachable (502), not slow to answer (504).
+                raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
             except aiohttp.ServerTimeoutError:
                 status = 504
                 raise ApiError(504, f'Provider "{provider.name}" did not answer in time.') from None
@@ -410,7 +413,9 @@ def _authorize(
 
 def _model_and_stream(request: web.Request, body: bytes) -> tuple[str | None, bool]:
     """The `model` and `stream` fields of a JSON body, for the allowlist and the log."""
-    if not body or not request.content_type.endswith("json"):
+    # A JSON object sent without a JSON content type is still read: providers parse it
+    # (and an unlabelled body goes upstream as application/json), so ALLOWED_MODELS must.
+    if not body or not (request.content_type.endswith("json") or body[:64].lstrip()[:1] == b"{"):
         return None, False
     try:
         data = orjson.loads(body)
