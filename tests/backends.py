@@ -254,10 +254,11 @@ def _wait_port(port: int, timeout: float, *, open_: bool = True) -> bool:
 class PrivateRedis:
     """A throwaway redis-server on a free port (keeps nothing on disk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unix_socket: Path | None = None) -> None:
         self.binary = shutil.which("redis-server")
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.socket = unix_socket
+        self.url = f"unix://{unix_socket}" if unix_socket else f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PrivateRedis:
@@ -266,7 +267,8 @@ class PrivateRedis:
         assert self.binary is not None
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", tempfile.gettempdir()],
+             "--appendonly", "no", "--daemonize", "no", "--dir", tempfile.gettempdir(),
+             *(["--unixsocket", str(self.socket)] if self.socket else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         if not _wait_port(self.port, 10):
@@ -358,3 +360,29 @@ def pg_relay_env(build: Callable[..., dict[str, str]]) -> Callable[..., dict[str
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Drop the run's PostgreSQL test database (if one was made)."""
     drop_pg_database()
+
+
+def relay_db_rows(relay: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one SQL statement (``?`` placeholders) on a harness relay's database, SQLite or
+    PostgreSQL alike, and return the rows: for tests that look inside the database and
+    should run under BYOK_TEST_BACKEND=postgres too."""
+    url: str = relay.env.get("DATABASE_URL", "")
+    if not url.startswith(("postgresql://", "postgres://")):
+        import sqlite3
+
+        assert relay.db_path is not None
+        with contextlib.closing(sqlite3.connect(relay.db_path, timeout=10)) as conn, conn:
+            return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+
+    from byok_relay.storage.postgres import to_pg
+
+    async def query() -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            return [tuple(r) for r in await conn.fetch(to_pg(sql), *params)]
+        finally:
+            await conn.close()
+
+    return run_sync(query())

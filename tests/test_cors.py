@@ -170,8 +170,17 @@ def strict_relay(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory)
         server.kill()
 
 
+@pytest.fixture(scope="module")
+def strict_user(strict_relay: Relay) -> User:
+    new_user = register_user(strict_relay)
+    new_user.store_key("openai")
+    return new_user
+
+
 @pytest.mark.parametrize("origin", [APP, "http://127.0.0.1:5173"])
-def test_allowed_origin_is_echoed_with_vary(origin: str, strict_relay: Relay) -> None:
+def test_allowed_origin_is_echoed_with_vary(
+    origin: str, strict_relay: Relay, strict_user: User
+) -> None:
     path, method, headers = PREFLIGHTS["anthropic"]
     preflight = _preflight(strict_relay, path, method, headers, origin)
     assert preflight.status_code == 204
@@ -181,9 +190,7 @@ def test_allowed_origin_is_echoed_with_vary(origin: str, strict_relay: Relay) ->
     # the answer depends on both: a shared cache must not mix them up
     assert {"origin", "access-control-request-headers"} <= vary, vary
 
-    user = register_user(strict_relay)
-    user.store_key("openai")
-    with user.client() as client:
+    with strict_user.client() as client:
         response = client.post(
             "/relay/openai/v1/chat/completions", json=CHAT, headers={"Origin": origin}
         )
@@ -203,7 +210,7 @@ def test_allowed_origin_is_echoed_with_vary(origin: str, strict_relay: Relay) ->
         "https://APP.example.com.evil",
     ],
 )
-def test_other_origins_get_no_cors(origin: str, strict_relay: Relay) -> None:
+def test_other_origins_get_no_cors(origin: str, strict_relay: Relay, strict_user: User) -> None:
     path, method, headers = PREFLIGHTS["openai"]
     preflight = _preflight(strict_relay, path, method, headers, origin)
     assert preflight.status_code == 403
@@ -212,9 +219,7 @@ def test_other_origins_get_no_cors(origin: str, strict_relay: Relay) -> None:
     assert isinstance(preflight.json()["error"], str)
     assert "origin" in _csv(preflight.headers.get("vary"))  # cacheable per origin
 
-    user = register_user(strict_relay)
-    user.store_key("openai")
-    with user.client() as client:
+    with strict_user.client() as client:
         response = client.post(
             "/relay/openai/v1/chat/completions", json=CHAT, headers={"Origin": origin}
         )

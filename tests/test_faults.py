@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backends import PrivatePostgres, PrivateRedis
+from backends import PrivatePostgres, PrivateRedis, redis_keys
 from providers.mock import SLOW_EVENTS, MockProviders
 from providers.relay import FAKE_KEY, Relay, StartRelay, User, register_user
 
@@ -198,6 +198,23 @@ def test_redis_absent_at_start(start_relay: StartRelay) -> None:
         ]
     assert codes == [200, 200, 429]
     assert "rate-limit store unavailable" in relay.log_text()
+
+
+@pytest.mark.redis
+def test_redis_over_unix_socket(start_relay: StartRelay, tmp_path: Path) -> None:
+    """REDIS_URL=unix://… works for the limiter and the bus alike."""
+    redis = PrivateRedis(unix_socket=tmp_path / "redis.sock").start()
+    try:
+        relay = start_relay(REDIS_URL=redis.url, REDIS_KEY_PREFIX="unixsock")
+        _until(lambda: "cache invalidation bus subscribed" in relay.log_text(), 10, "bus")
+        user = register_user(relay)
+        user.store_key("openai", FAKE_KEY)
+        with relay.client(timeout=10) as client:
+            assert client.post(CHAT_PATH, json=CHAT, headers=user.headers).status_code == 200
+            assert client.get("/health?deep=1").json()["checks"]["rate_limits"] == "redis"
+        assert any(k.startswith("unixsock:limits") for k in redis_keys(redis.url))
+    finally:
+        redis.stop()
 
 
 # --- SIGTERM with open streams ---------------------------------------------------------------

@@ -267,8 +267,11 @@ def test_migrate_cli_on_both_backends(any_url: str, tmp_path: Path) -> None:
     assert "schema is up to date" in second.stdout
 
 
-def test_concurrent_migrate_commands_apply_once(any_url: str, tmp_path: Path) -> None:
-    """Several instances (or `serve --workers`) starting together on an empty database."""
+@pytest.mark.postgres
+def test_concurrent_migrate_commands_apply_once(pg_url: str, tmp_path: Path) -> None:
+    """Several instances starting together on an empty database: the advisory lock makes
+    each migration apply once. (SQLite: see test_storage's concurrent migrations.)"""
+    any_url = pg_url
 
     async def run_all() -> list[tuple[int, str, str]]:
         async def one() -> tuple[int, str, str]:

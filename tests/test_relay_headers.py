@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from providers.mock import MOCK_COOKIE, REDIRECT_LOCATION, MockProvider, MockProviders
-from providers.relay import FAKE_KEY, Relay, User
+from providers.relay import FAKE_KEY, Relay, User, register_user
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CLAUDE = {
@@ -47,9 +47,18 @@ AUTH_CASES: dict[str, tuple[str, str, dict[str, Any] | None, str, str]] = {
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "xi-api-key")
 
 
+@pytest.fixture(scope="module")
+def shared_user(relay: Relay) -> User:
+    """One user (openai, anthropic, google keys) for the tests that only read."""
+    new_user = register_user(relay)
+    for provider in ("openai", "anthropic", "google"):
+        new_user.store_key(provider, FAKE_KEY)
+    return new_user
+
+
 @pytest.fixture
-def client(user: User) -> Iterator[httpx.Client]:
-    with user.client() as c:
+def client(shared_user: User) -> Iterator[httpx.Client]:
+    with shared_user.client() as c:
         yield c
 
 
@@ -116,22 +125,22 @@ def test_provider_gets_stored_key_and_no_client_credential(
 @pytest.mark.parametrize("credential", ["x-relay-token", "authorization", "x-api-key", "goog"])
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])
 def test_relay_token_never_reaches_provider(
-    provider: str, credential: str, user: User, mocks: MockProviders
+    provider: str, credential: str, shared_user: User, mocks: MockProviders
 ) -> None:
     """Whichever header carries the token, the provider sees only the stored key."""
     flavor, path, body, header, template = AUTH_CASES[provider]
     headers = {
-        "x-relay-token": {"x-relay-token": user.token},
-        "authorization": {"authorization": f"Bearer {user.token}"},
-        "x-api-key": {"x-api-key": user.token},
-        "goog": {"x-goog-api-key": user.token},
+        "x-relay-token": {"x-relay-token": shared_user.token},
+        "authorization": {"authorization": f"Bearer {shared_user.token}"},
+        "x-api-key": {"x-api-key": shared_user.token},
+        "goog": {"x-goog-api-key": shared_user.token},
     }[credential]
-    with user.relay.client() as client:
+    with shared_user.relay.client() as client:
         response = client.post(f"/relay/{provider}{path}", json=body, headers=headers)
     assert response.status_code == 200, response.text
     request = getattr(mocks, flavor).last_request
     assert request.headers[header] == template.format(k=FAKE_KEY)
-    _no_secret_anywhere(request, user.token)
+    _no_secret_anywhere(request, shared_user.token)
 
 
 def test_google_key_is_a_header_never_in_the_url(
@@ -146,6 +155,22 @@ def test_google_key_is_a_header_never_in_the_url(
     assert request.headers["x-goog-api-key"] == FAKE_KEY
     assert "key" not in request.query
     assert FAKE_KEY not in request.raw_query and CLIENT_SECRET not in request.raw_query
+
+
+def test_base_url_header_cannot_redirect_a_builtin_provider(
+    client: httpx.Client, mocks: MockProviders
+) -> None:
+    """x-relay-base-url is for openai-compatible only: the stored OpenAI key never goes
+    to a URL the client picked."""
+    response = client.post(
+        "/relay/openai/v1/chat/completions",
+        json=CHAT,
+        headers={"x-relay-base-url": mocks.generic.url},
+    )
+    assert response.status_code == 200
+    assert len(mocks.openai.requests) == 1
+    assert mocks.generic.requests == []
+    assert "x-relay-base-url" not in mocks.openai.last_request.headers
 
 
 def test_anthropic_version_default_added(client: httpx.Client, mocks: MockProviders) -> None:
@@ -327,8 +352,8 @@ def test_relay_request_id_in_log_line(relay: Relay, client: httpx.Client) -> Non
 
 
 # ------------------------------------------------------------------- security headers
-def test_security_headers_on_every_kind_of_response(relay: Relay, user: User) -> None:
-    with relay.client() as anonymous, user.client() as client:
+def test_security_headers_on_every_kind_of_response(relay: Relay, shared_user: User) -> None:
+    with relay.client() as anonymous, shared_user.client() as client:
         responses = {
             "json": client.post("/relay/openai/v1/chat/completions", json=CHAT),
             "stream": client.post("/relay/anthropic/v1/messages", json={**CLAUDE, "stream": True}),
@@ -373,12 +398,12 @@ def test_security_headers_on_every_kind_of_response(relay: Relay, user: User) ->
 
 
 # ------------------------------------------------------------------------ credentials
-@pytest.fixture
-def four_users(relay: Relay, register: Any) -> list[User]:
+@pytest.fixture(scope="module")
+def four_users(relay: Relay) -> list[User]:
     """Four users whose stored openai keys tell them apart at the mock."""
     users = []
     for n in range(4):
-        u: User = register(relay)
+        u = register_user(relay)
         u.store_key("openai", f"sk-user{n}-0000000000")
         users.append(u)
     return users
@@ -442,15 +467,15 @@ def test_credential_precedence_wrong_winner_is_401(
 
 @pytest.mark.parametrize("route", ["provider", "unified"])
 def test_every_credential_header_works_on_every_relay_route(
-    route: str, user: User, mocks: MockProviders
+    route: str, shared_user: User, mocks: MockProviders
 ) -> None:
     for headers in (
-        {"x-relay-token": user.token},
-        {"Authorization": f"Bearer {user.token}"},
-        {"x-api-key": user.token},
-        {"x-goog-api-key": user.token},
+        {"x-relay-token": shared_user.token},
+        {"Authorization": f"Bearer {shared_user.token}"},
+        {"x-api-key": shared_user.token},
+        {"x-goog-api-key": shared_user.token},
     ):
-        with user.relay.client() as client:
+        with shared_user.relay.client() as client:
             if route == "provider":
                 response = client.get("/relay/openai/v1/models", headers=headers)
             else:

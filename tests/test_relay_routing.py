@@ -58,9 +58,18 @@ def _no_upstream_calls(mocks: MockProviders) -> None:
         assert mock.requests == [], f"mock {mock.flavor} was called"
 
 
+@pytest.fixture(scope="module")
+def shared_user(relay: Relay) -> User:
+    """One user (openai, anthropic, google keys) for the tests that only read."""
+    new_user = register_user(relay)
+    for provider in ("openai", "anthropic", "google"):
+        new_user.store_key(provider, FAKE_KEY)
+    return new_user
+
+
 @pytest.fixture
-def client(user: User) -> Iterator[httpx.Client]:
-    with user.client() as c:
+def client(shared_user: User) -> Iterator[httpx.Client]:
+    with shared_user.client() as c:
         yield c
 
 
@@ -271,9 +280,11 @@ def _raw_request(
 
 @pytest.mark.parametrize("raw_path", RAW_REFUSED)
 def test_disallowed_paths_are_403_json(
-    raw_path: str, relay: Relay, user: User, mocks: MockProviders
+    raw_path: str, relay: Relay, shared_user: User, mocks: MockProviders
 ) -> None:
-    status, body, headers = _raw_request(relay, "POST", raw_path, user.token, orjson.dumps(CHAT))
+    status, body, headers = _raw_request(
+        relay, "POST", raw_path, shared_user.token, orjson.dumps(CHAT)
+    )
     # 400 only where the HTTP layer itself rejects the request line first (SPEC §4)
     assert status in (403, 404) if raw_path.startswith("//") else status == 403, (status, body)
     assert headers["content-type"].startswith("application/json")
@@ -284,24 +295,24 @@ def test_disallowed_paths_are_403_json(
 
 
 def test_dot_segments_are_normalised_before_the_allowlist(
-    relay: Relay, user: User, mocks: MockProviders
+    relay: Relay, shared_user: User, mocks: MockProviders
 ) -> None:
     for raw in (
         "/relay/openai/v1/./chat/completions",
         "/relay/openai/v1/x/../chat/completions",
         "/relay/openai/v1/%63hat/completions",
     ):
-        status, body, _ = _raw_request(relay, "POST", raw, user.token, orjson.dumps(CHAT))
+        status, body, _ = _raw_request(relay, "POST", raw, shared_user.token, orjson.dumps(CHAT))
         assert status == 200, (raw, body)
         assert mocks.openai.last_request.path == "/v1/chat/completions"
 
 
 def test_percent_encoded_upstream_path_is_not_double_decoded(
-    relay: Relay, user: User, mocks: MockProviders
+    relay: Relay, shared_user: User, mocks: MockProviders
 ) -> None:
     """A client's %252e reaches the provider as %252e (literal '%2e'), never as '..'."""
     raw = "/relay/google/v1beta/models/a%252e%252e:generateContent"
-    status, _, _ = _raw_request(relay, "POST", raw, user.token, orjson.dumps(GEMINI))
+    status, _, _ = _raw_request(relay, "POST", raw, shared_user.token, orjson.dumps(GEMINI))
     assert status in (200, 404)
     assert mocks.gemini.last_request.path == "/v1beta/models/a%252e%252e:generateContent"
 
@@ -387,7 +398,7 @@ def models_relay(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory)
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def models_user(models_relay: Relay) -> User:
     user = register_user(models_relay)
     for provider in ("openai", "anthropic", "google", "groq"):
@@ -752,11 +763,11 @@ FORBIDDEN_BASES = [
 
 @pytest.mark.parametrize("base", FORBIDDEN_BASES)
 def test_openai_compatible_forbidden_base_url_header_is_400(
-    base: str, user: User, mocks: MockProviders
+    base: str, shared_user: User, mocks: MockProviders
 ) -> None:
-    user.store_key("openai-compatible", FAKE_KEY)
+    shared_user.store_key("openai-compatible", FAKE_KEY)
     url = base.format(port=mocks.openai.url.rsplit(":", 1)[1])
-    with user.client() as client:
+    with shared_user.client() as client:
         response = client.post(
             "/relay/openai-compatible/v1/chat/completions",
             json=CHAT,
@@ -769,18 +780,18 @@ def test_openai_compatible_forbidden_base_url_header_is_400(
 
 @pytest.mark.parametrize("base", FORBIDDEN_BASES[:4] + FORBIDDEN_BASES[-2:])
 def test_openai_compatible_forbidden_stored_base_url_is_400(
-    base: str, user: User, mocks: MockProviders
+    base: str, shared_user: User, mocks: MockProviders
 ) -> None:
     url = base.format(port=mocks.openai.url.rsplit(":", 1)[1])
-    with user.client() as client:
+    with shared_user.client() as client:
         response = client.post("/keys/openai-compatible", json={"key": FAKE_KEY, "base_url": url})
     _json_error(response, 400)
     _no_upstream_calls(mocks)
 
 
-def test_openai_compatible_without_base_url_is_400(user: User, mocks: MockProviders) -> None:
-    user.store_key("openai-compatible", FAKE_KEY)
-    with user.client() as client:
+def test_openai_compatible_without_base_url_is_400(shared_user: User, mocks: MockProviders) -> None:
+    shared_user.store_key("openai-compatible", FAKE_KEY)
+    with shared_user.client() as client:
         message = _json_error(
             client.post("/relay/openai-compatible/v1/chat/completions", json=CHAT), 400
         )

@@ -31,7 +31,7 @@ from providers.mock import (
     MockProvider,
     MockProviders,
 )
-from providers.relay import FAKE_KEY, Relay, User, start_relay_process
+from providers.relay import FAKE_KEY, Relay, User, register_user, start_relay_process
 from providers.relay import relay_env as build_relay_env
 from providers.sse import SSEEvent, SSEParser, parse_sse_events
 
@@ -72,9 +72,18 @@ def stream_events(client: httpx.Client, method: str, url: str, **kwargs: Any) ->
         return Arrival(response.status_code, response.headers, events, arrived, reads)
 
 
+@pytest.fixture(scope="module")
+def shared_user(relay: Relay) -> User:
+    """One user (openai, anthropic, google keys) for the tests that only read."""
+    new_user = register_user(relay)
+    for provider in ("openai", "anthropic", "google"):
+        new_user.store_key(provider, FAKE_KEY)
+    return new_user
+
+
 @pytest.fixture
-def client(user: User) -> Iterator[httpx.Client]:
-    with user.client() as c:
+def client(shared_user: User) -> Iterator[httpx.Client]:
+    with shared_user.client() as c:
         yield c
 
 
@@ -188,10 +197,10 @@ def _sha(data: bytes) -> str:
 
 
 @pytest.fixture
-def audio_user(user: User) -> User:
-    user.store_key("elevenlabs", "xi-test-FAKEKEY-0000000000")
-    user.store_key("deepgram", "dg-test-FAKEKEY-0000000000")
-    return user
+def audio_user(shared_user: User) -> User:
+    shared_user.store_key("elevenlabs", "xi-test-FAKEKEY-0000000000")
+    shared_user.store_key("deepgram", "dg-test-FAKEKEY-0000000000")
+    return shared_user
 
 
 @pytest.mark.parametrize(
@@ -212,14 +221,17 @@ def test_binary_response_byte_for_byte(path: str, body: dict[str, Any], audio_us
     assert len(response.content) == len(AUDIO_BYTES)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 def test_binary_request_body_reaches_provider_byte_for_byte(
-    audio_user: User, mocks: MockProviders
+    chunked: bool, audio_user: User, mocks: MockProviders
 ) -> None:
     audio = bytes(range(256)) * 4096 + b"\r\n\x00--\xff"  # ~1 MiB, every byte value
+    # chunked: no Content-Length, the way a browser streams a recording
+    content = (audio[i : i + 65536] for i in range(0, len(audio), 65536)) if chunked else audio
     with audio_user.client() as client:
         response = client.post(
             "/relay/deepgram/v1/listen?model=nova-2&smart_format=true",
-            content=audio,
+            content=content,
             headers={"content-type": "audio/wav"},
         )
     assert response.status_code == 200, response.text
@@ -286,7 +298,7 @@ async def _open_stream(
 
 
 async def test_client_disconnect_cancels_upstream_streams(
-    relay: Relay, user: User, mocks: MockProviders
+    relay: Relay, shared_user: User, mocks: MockProviders
 ) -> None:
     cases = [
         (mocks.openai, "/relay/openai/v1/chat/completions", {**CHAT, "model": "mock-long"}),
@@ -297,7 +309,7 @@ async def test_client_disconnect_cancels_upstream_streams(
         (mocks.gemini, "/relay/google/v1beta/models/mock-long:streamGenerateContent", GEMINI),
     ]
     opened = await asyncio.gather(
-        *(_open_stream(relay, user.token, path, body, 3) for _, path, body in cases)
+        *(_open_stream(relay, shared_user.token, path, body, 3) for _, path, body in cases)
     )
     involved = {id(m): m for m, _, _ in cases}.values()
     expected = {id(m): sum(1 for c in cases if c[0] is m) for m in involved}
@@ -376,9 +388,9 @@ def faulty_relay(
         server.kill()
 
 
-@pytest.fixture
-def faulty_user(faulty_relay: Relay, register: Any) -> User:
-    new_user: User = register(faulty_relay)
+@pytest.fixture(scope="module")
+def faulty_user(faulty_relay: Relay) -> User:
+    new_user = register_user(faulty_relay)
     new_user.store_key("openai", FAKE_KEY)
     new_user.store_key("anthropic", FAKE_KEY)
     new_user.store_key("groq", FAKE_KEY)

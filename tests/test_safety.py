@@ -80,7 +80,8 @@ def relay_chat(relay: Relay, user: User, provider: str, model: str = "mock-model
 
 def test_no_plaintext_secrets_in_db_or_logs(start_relay: StartRelay, mocks: MockProviders) -> None:
     server = start_relay(LOG_LEVEL="debug")
-    user = register_user(server, "safety")
+    app_id = f"safety-app-{secrets.token_hex(4)}"
+    user = register_user(server, app_id)
     keys = {p: fresh_key(f"safety-{p}") for p in ("openai", "anthropic", "google", "groq")}
     for provider, key in keys.items():
         user.store_key(provider, key)
@@ -131,10 +132,16 @@ def test_no_plaintext_secrets_in_db_or_logs(start_relay: StartRelay, mocks: Mock
         "token:other": other.token,
         "ENCRYPTION_SECRET": server.env["ENCRYPTION_SECRET"],
     }
-    # SIGTERM so everything is checkpointed and flushed, then read files and logs
+    # the files as they are while the relay runs (recent pages still in -wal) ...
+    live = stored_bytes(server)
+    assert server.db_path is not None and Path(f"{server.db_path}-wal").exists()
+    # ... and after SIGTERM, when everything is checkpointed and flushed
     assert server.stop() == 0
-    data = stored_bytes(server)
+    data = live + stored_bytes(server)
     assert len(data) > 4096 and b"SQLite format 3" in data
+    # positive controls: what is stored in clear (app id, hint) is found by this grep
+    assert app_id.encode() in data
+    assert keys["openai"][-4:].encode() in data
     log = server.log_text()
     assert '"msg":"request"' in log.replace(" ", "")
     for label, value in secrets_used.items():

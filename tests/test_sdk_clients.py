@@ -13,16 +13,16 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from providers.mock import AUDIO_BYTES, REPLY_TEXT, REPLY_TOKENS, MockProviders, RecordedRequest
-from providers.relay import Relay, User
+from providers.relay import Relay, User, register_user
 
 OPENAI_KEY = "sk-test-openai-STORED-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-STORED-0123456789"
 GOOGLE_KEY = "AIza-test-STORED-0123456789"
 
 
-@pytest.fixture
-def sdk_user(relay: Relay, register: object) -> User:
-    user: User = register(relay)  # type: ignore[operator]
+@pytest.fixture(scope="module")
+def sdk_user(relay: Relay) -> User:
+    user = register_user(relay)
     user.store_key("openai", OPENAI_KEY)
     user.store_key("anthropic", ANTHROPIC_KEY)
     user.store_key("google", GOOGLE_KEY)

@@ -77,13 +77,14 @@ class InvalidationBus:
             return
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(
-            self.url,
-            socket_timeout=2.0,
-            socket_connect_timeout=1.0,
-            socket_keepalive=True,
-            health_check_interval=2,  # PING an idle subscription: notice a dead server
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 1.0,
+            "health_check_interval": 2,  # PING an idle subscription: notice a dead server
+        }
+        if not self.url.startswith("unix://"):
+            options["socket_keepalive"] = True
+        self._redis = redis.Redis.from_url(self.url, **options)
         self._queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._send())]
@@ -223,4 +224,4 @@ class InvalidationBus:
         now = time.monotonic()
         if now - self._last_warning.get(what, -_WARN_EVERY_S - 1) > _WARN_EVERY_S:
             self._last_warning[what] = now
-            log_event(message, logging.WARNING, error_type=type(exc).__name__)
+            log_event(message, logging.WARNING, error_type=type(exc).__name__, error=str(exc)[:200])

@@ -113,13 +113,15 @@ def looks_like_token(value: str) -> bool:
 
     ASCII only: a header carrying non-UTF-8 bytes (decoded with surrogate escapes) must be
     an invalid token (401), never reach the hasher."""
-    return len(value) == TOKEN_LENGTH and value.startswith(TOKEN_PREFIX)
+    return len(value) == TOKEN_LENGTH and _TOKEN_SHAPE.fullmatch(value) is not None
 
 
 def constant_time_equals(a: str, b: str) -> bool:
     # surrogatepass: header values may carry undecodable bytes as lone surrogates; they
     # must compare unequal, not raise.
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+    return hmac.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
 
 
 def key_hint(key: str) -> str:

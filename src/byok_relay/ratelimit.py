@@ -103,11 +103,20 @@ class RateLimiter:
             )
 
 
+def _limits_url(url: str) -> str:
+    """REDIS_URL in the `limits` library's spelling (async+redis://, async+redis+unix://)."""
+    if url.startswith("async+"):
+        return url
+    if url.startswith("unix://"):
+        return "async+redis+unix://" + url.removeprefix("unix://")
+    return "async+" + url
+
+
 def _redis_storage(url: str, key_prefix: str = "byok-relay") -> Storage:
     from limits.aio.storage import RedisStorage
 
     return RedisStorage(
-        "async+" + url if not url.startswith("async+") else url,
+        _limits_url(url),
         implementation="redispy",
         key_prefix=f"{key_prefix}:limits",
         wrap_exceptions=True,

@@ -9,9 +9,11 @@ unified route rewrites `model`.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 import aiohttp
 import orjson
@@ -108,7 +110,7 @@ class Relay:
             )
         self._require_credential_shape(request)
         body = await self._read_body(request)
-        model, stream = _model_and_stream(request, body)
+        model, stream = _model_and_stream(request, body, self.allowlist.active)
         if provider.name == "google":
             model = model_in_path(path) or model
             stream = stream or path.endswith(":streamGenerateContent")
@@ -411,16 +413,52 @@ def _authorize(
         params.append((provider.auth_query, secret))
 
 
-def _model_and_stream(request: web.Request, body: bytes) -> tuple[str | None, bool]:
-    """The `model` and `stream` fields of a JSON body, for the allowlist and the log."""
+_MULTIPART_MODEL = re.compile(
+    rb'content-disposition:[ \t]*form-data;[ \t]*name="?model"?[^\r\n]*\r\n'
+    rb"(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n",
+    re.IGNORECASE,
+)
+
+
+def _model_and_stream(request: web.Request, body: bytes, strict: bool) -> tuple[str | None, bool]:
+    """The `model` and `stream` of a request body, for the allowlist and the log.
+
+    With `strict` (ALLOWED_MODELS set) the relay fails closed: a body that looks like
+    JSON but cannot be read is refused rather than forwarded with an unchecked model.
+    """
+    if not body:
+        return None, False
+    ctype = request.content_type
+    if ctype.startswith("multipart/form-data"):
+        if not strict:
+            return None, False
+        m = _MULTIPART_MODEL.search(body)
+        return (m.group(1).decode("utf-8", "replace") if m else None), False
+    if ctype == "application/x-www-form-urlencoded":
+        if not strict:
+            return None, False
+        values = parse_qs(body.decode("utf-8", "replace")).get("model")
+        return (values[0] if values else None), False
     # A JSON object sent without a JSON content type is still read: providers parse it
     # (and an unlabelled body goes upstream as application/json), so ALLOWED_MODELS must.
-    if not body or not (request.content_type.endswith("json") or body[:64].lstrip()[:1] == b"{"):
+    head = body[:64].lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not (ctype.endswith("json") or head[:1] == b"{"):
         return None, False
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, False  # the provider answers malformed bodies in its own words
+        # orjson refuses a BOM or a lone surrogate escape that lenient parsers (and so
+        # possibly the provider) accept: read those with the standard library.
+        try:
+            data = json.loads(body)
+        except ValueError:
+            if strict:
+                raise ApiError(
+                    400,
+                    "Request body is not valid JSON; this relay checks the model "
+                    "(ALLOWED_MODELS), so it must be able to read the body.",
+                ) from None
+            return None, False  # the provider answers malformed bodies in its own words
     if not isinstance(data, dict):
         return None, False
     model = data.get("model")

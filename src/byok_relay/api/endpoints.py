@@ -78,6 +78,8 @@ def _field_message(err: Any) -> str:
 
 
 _JSON_TYPES = ("application/json",)
+# The rest of an unread body makes the connection unusable: tell the client not to reuse it.
+_CLOSE = {"Connection": "close"}
 
 
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
@@ -93,15 +95,18 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         )
     svc = request.app[SERVICES]
     limit = svc.settings.REQUEST_BODY_LIMIT_BYTES
+    too_large = f"Request body is larger than the limit of {limit} bytes."
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"Request body is larger than the limit of {limit} bytes.")
+        raise ApiError(413, too_large, headers=_CLOSE)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"Request body is larger than the limit of {limit} bytes.") from None
+        raise ApiError(413, too_large, headers=_CLOSE) from None
     except web.RequestPayloadError:
         # e.g. a Content-Encoding the body does not match (corrupt gzip): the client's fault.
-        raise ApiError(400, "Request body could not be read (bad Content-Encoding?).") from None
+        raise ApiError(
+            400, "Request body could not be read (bad Content-Encoding?).", headers=_CLOSE
+        ) from None
     try:
         data = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:

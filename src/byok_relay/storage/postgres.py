@@ -36,6 +36,7 @@ MIGRATION_LOCK_ID = 0x62796F6B72656C  # "byokrel"
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 15.0
 ACQUIRE_TIMEOUT_S = 10.0
+MIGRATION_TIMEOUT_S = 3600.0
 
 _PLACEHOLDER = re.compile(r"\?")
 _translated: dict[str, str] = {}
@@ -76,23 +77,26 @@ def _rowcount(status: str) -> int:
 
 
 class _PgTx:
-    """Statements on one connection (inside a transaction for writes)."""
+    """Statements on one connection (inside a transaction for writes). `timeout` None:
+    the pool's command timeout."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, timeout: float | None = None) -> None:
         self._conn = conn
+        self._timeout = timeout
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return _rowcount(await self._conn.execute(to_pg(sql), *args))
+        return _rowcount(await self._conn.execute(to_pg(sql), *args, timeout=self._timeout))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(to_pg(sql), rows)
+        await self._conn.executemany(to_pg(sql), rows, timeout=self._timeout)
 
     async def fetchone(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
-        row = await self._conn.fetchrow(to_pg(sql), *args)
+        row = await self._conn.fetchrow(to_pg(sql), *args, timeout=self._timeout)
         return tuple(row) if row is not None else None
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        return [tuple(r) for r in await self._conn.fetch(to_pg(sql), *args)]
+        rows = await self._conn.fetch(to_pg(sql), *args, timeout=self._timeout)
+        return [tuple(r) for r in rows]
 
 
 class _PoolReader:
@@ -151,6 +155,7 @@ class PostgresStorage(SQLStorage):
         self._connect_timeout = connect_timeout_s
         self._pool: Any = None
         self._down = False
+        self._write_timeout: float | None = None  # None: the pool's command timeout
 
     # --- lifecycle ---------------------------------------------------------------
     async def connect(self) -> None:
@@ -165,11 +170,11 @@ class PostgresStorage(SQLStorage):
                 # does not hold server slots forever.
                 max_inactive_connection_lifetime=60.0,
             )
-        except UNAVAILABLE_ERRORS as exc:
-            raise StorageUnavailable(f"cannot connect to PostgreSQL: {_describe(exc)}") from None
-        except asyncpg.PostgresError as exc:  # bad database name, auth failure …
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            # Refused, timed out, unknown database, authentication failed … (the message
+            # names the host and user, never the password).
             raise StorageUnavailable(
-                f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
+                f"cannot connect to PostgreSQL ({type(exc).__name__}: {exc})"
             ) from None
 
     async def close(self) -> None:
@@ -215,7 +220,7 @@ class PostgresStorage(SQLStorage):
         conn, transaction = await self._begin()
         try:
             try:
-                yield _PgTx(conn)
+                yield _PgTx(conn, self._write_timeout)
             except BaseException:
                 with contextlib.suppress(*UNAVAILABLE_ERRORS):
                     await transaction.rollback()
@@ -264,6 +269,15 @@ class PostgresStorage(SQLStorage):
             await pool.release(conn, timeout=5.0)
         except UNAVAILABLE_ERRORS:
             conn.terminate()
+
+    async def migrate(self) -> list[int]:
+        # A migration may rewrite a big table, or wait for another instance's: the
+        # short command timeout of the request path does not apply (start-up only).
+        self._write_timeout = MIGRATION_TIMEOUT_S
+        try:
+            return await super().migrate()
+        finally:
+            self._write_timeout = None
 
     async def _lock_for_migration(self, tx: Tx) -> None:
         # Held until the migration's transaction ends; concurrent starters wait here,
