@@ -386,3 +386,20 @@ def relay_db_rows(relay: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
             await conn.close()
 
     return run_sync(query())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only: looks inside the SQLite file itself; skipped when "
+        "BYOK_TEST_BACKEND=postgres (prefer relay_db_rows, which works on both)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND != "postgres":
+        return
+    skip = pytest.mark.skip(reason="inspects the SQLite file (BYOK_TEST_BACKEND=postgres)")
+    for item in items:
+        if "sqlite_only" in item.keywords:
+            item.add_marker(skip)

@@ -40,7 +40,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from backends import pg_db, pg_relay_env, pg_url, pytest_sessionfinish, redis_ns  # noqa: F401
+from backends import (  # noqa: F401  (fixtures and hooks: see tests/backends.py)
+    pg_db,
+    pg_relay_env,
+    pg_url,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_sessionfinish,
+    redis_ns,
+)
 from providers.mock import MockProviders
 from providers.relay import (
     FAKE_KEY,

@@ -80,13 +80,13 @@ def test_last_used_at_set_after_relay_request(
     sent = int(time.time() * 1000)
     r = HTTP.post(f"{relay.url}{CHAT_PATH}", json=CHAT, headers=user.headers)
     assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 2.5
     while True:
         e = entry(keys_of(relay, user.headers), "openai")
         if e["last_used_at"] is not None or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert e["last_used_at"] is not None, "last_used_at not written within 3 s"
+    assert e["last_used_at"] is not None, "last_used_at not written within 2.5 s"
     assert sent - 1000 <= e["last_used_at"] <= int(time.time() * 1000)
     # only the key that was used
     assert entry(keys_of(relay, user.headers), "anthropic")["last_used_at"] is None

@@ -343,3 +343,23 @@ def test_delete_user_erases_everything(
 def test_user_fixture_helper(user: User, relay: Relay) -> None:
     """The `user` fixture's keys are visible through GET /keys (harness sanity)."""
     assert get_keys(relay, user.headers).json()["providers"] == ["anthropic", "google", "openai"]
+
+
+def test_delete_user_during_a_stream_leaves_no_log_rows(relay: Relay, register: Register) -> None:
+    user = register()
+    user.store_key("openai", "sk-delete-during-stream-0007")
+    uid = user_id_of(relay, user.token)
+    body = {**CHAT, "model": "mock-slow", "stream": True}
+    url = f"{relay.url}/relay/openai/v1/chat/completions"
+    with HTTP.stream("POST", url, json=body, headers=user.headers) as streaming:
+        assert streaming.status_code == 200
+        chunks = streaming.iter_bytes()
+        next(chunks)  # the stream is under way
+        r = HTTP.request("DELETE", f"{relay.url}/users", headers=user.headers)
+        assert r.status_code == 200, r.text
+        for _ in chunks:
+            pass
+    time.sleep(1.5)  # past the background flush
+    with db(relay) as conn:
+        rows = conn.execute("SELECT count(*) FROM request_log WHERE user_id = ?", (uid,))
+        assert rows.fetchone() == (0,)

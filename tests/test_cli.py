@@ -196,6 +196,7 @@ def test_init_then_doctor_and_migrate(cli: InProcessCli, tmp_path: Path) -> None
     assert cli("init").returncode == 0
     doctor = cli("doctor")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert not (tmp_path / "data").exists(), "doctor must not create the database"
     migrate = cli("migrate")
     assert migrate.returncode == 0, migrate.stderr
     assert (tmp_path / "data" / "relay.db").is_file()  # the documented default
@@ -303,6 +304,20 @@ def test_doctor_reports_bad_providers_file(cli: InProcessCli, tmp_path: Path) ->
     )
     assert r.returncode != 0
     assert "PROVIDERS_FILE" in r.stdout + r.stderr
+
+
+def test_doctor_checks_an_existing_database(cli: InProcessCli, tmp_path: Path) -> None:
+    env = {
+        "ENCRYPTION_SECRET": TEST_ENCRYPTION_SECRET,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+    }
+    assert cli("migrate", **env).returncode == 0
+    (tmp_path / "relay.db").chmod(0o644)
+    r = cli("doctor", **env)
+    assert r.returncode == 0, r.stdout + r.stderr  # a warning, not an error
+    assert "chmod 600" in r.stdout and "schema version" in r.stdout
+    r = cli("doctor", **env)
+    assert "chmod 600" not in r.stdout  # opening it made it private
 
 
 def test_doctor_good_config_in_process(cli: InProcessCli, tmp_path: Path) -> None:

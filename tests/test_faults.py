@@ -119,6 +119,32 @@ def test_postgres_down_503_then_recovers_by_itself(
     assert "PostgreSQL reachable again" in messages
 
 
+@pytest.mark.postgres
+def test_postgres_down_at_start_serves_503_then_recovers(
+    private_pg: PrivatePostgres, start_relay: StartRelay
+) -> None:
+    private_pg.stop()
+    try:
+        relay = start_relay(DATABASE_URL=private_pg.url, DB_POOL_SIZE="3")
+        with relay.client(timeout=20) as client:
+            _json_error(client.post("/users", json={"app_id": "early"}), 503)
+            assert client.get("/health").status_code == 200
+            assert client.get("/health?deep=1").status_code == 503
+            assert relay.alive
+    finally:
+        private_pg.start()
+    with relay.client(timeout=20) as client:
+
+        def registered() -> bool:
+            return client.post("/users", json={"app_id": "later"}).status_code == 200
+
+        waited = _until(registered, 30, "relay connecting after a late PostgreSQL")
+        print(f"\n[faults] PostgreSQL up after the relay: served 200 after {waited:.2f} s")
+    messages = [line.get("msg") for line in _log_lines(relay)]
+    assert "database unavailable at start; answering 503 until it returns" in messages
+    assert "database connected" in messages
+
+
 # --- Redis down ----------------------------------------------------------------------------
 @pytest.mark.redis
 def test_redis_down_falls_back_to_local_counting(start_relay: StartRelay) -> None:

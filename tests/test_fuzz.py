@@ -178,3 +178,87 @@ def test_fuzz_operation(
     # The shared user still works: no fuzzed request broke its token or keys.
     r = HTTP.get(f"{fuzz_relay.url}/keys", headers={"x-relay-token": fuzz_user.token})
     assert r.status_code == 200, r.text
+
+
+# --- raw header bytes ----------------------------------------------------------------
+# Header values reach the relay as undecodable bytes (surrogate-escaped str in aiohttp):
+# tokens, secrets, base URLs, request ids, origins. None of them may produce a 5xx.
+
+_HEADERS = [
+    b"x-relay-token",
+    b"authorization",
+    b"x-api-key",
+    b"x-goog-api-key",
+    b"x-relay-base-url",
+    b"x-request-id",
+    b"origin",
+    b"anthropic-beta",
+    b"x-forwarded-for",
+    b"content-type",
+]
+_TARGETS = [
+    (b"GET", b"/keys"),
+    (b"POST", b"/users"),
+    (b"POST", b"/relay/openai/v1/chat/completions"),
+    (b"POST", b"/relay/openai-compatible/v1/chat/completions"),
+    (b"POST", b"/relay/anthropic/v1/messages"),
+    (b"GET", b"/metrics"),
+    (b"GET", b"/stats/fuzz"),
+    (b"OPTIONS", b"/relay"),
+]
+
+
+def _raw(relay: Relay, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+@given(
+    target=st.sampled_from(_TARGETS),
+    name=st.sampled_from(_HEADERS),
+    value=st.binary(max_size=120).filter(lambda b: b"\r" not in b and b"\n" not in b)
+    | st.sampled_from([b"byok_rt_" + bytes([c]) * 43 for c in (0x80, 0xC3, 0xFF, 0x7F)]),
+    with_token=st.booleans(),
+)
+@settings(
+    max_examples=4 * FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+def test_fuzz_raw_header_bytes(
+    fuzz_relay: Relay,
+    fuzz_user: Any,
+    target: tuple[bytes, bytes],
+    name: bytes,
+    value: bytes,
+    with_token: bool,
+) -> None:
+    method, path = target
+    lines = [method + b" " + path + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+    if with_token and name != b"x-relay-token":
+        lines.append(b"x-relay-token: " + fuzz_user.token.encode())
+    lines.append(name + b": " + value)
+    if method == b"OPTIONS":
+        lines.append(b"access-control-request-method: POST")
+    body = b'{"model":"gpt-4o-mini","app_id":"fuzz","messages":[]}' if method == b"POST" else b""
+    if body:
+        lines.append(b"content-length: " + str(len(body)).encode())
+    status, headers, payload = _raw(fuzz_relay, b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    assert status < 500, (status, name, value, payload[:300])
+    if status >= 400 and "x-relay-request-id" in headers:  # the relay answered
+        assert headers.get("content-type", "").startswith("application/json"), payload[:200]
+        assert b'"error"' in payload

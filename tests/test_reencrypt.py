@@ -39,7 +39,9 @@ SECRET_UNKNOWN = "test-only-secret-C-".ljust(64, "c")
 HMAC_SECRET = "test-only-token-hmac-secret-".ljust(64, "h")
 VERSION_A = KeyCipher(SECRET_A).current_version
 VERSION_B = KeyCipher(SECRET_B).current_version
-RESULT_RE = re.compile(r"re-encrypted (\d+) key\(s\); (\d+) left under older secrets; (\d+) unreadable")
+RESULT_RE = re.compile(
+    r"re-encrypted (\d+) key\(s\); (\d+) left under older secrets; (\d+) unreadable"
+)
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -47,9 +49,7 @@ RESULT_RE = re.compile(r"re-encrypted (\d+) key\(s\); (\d+) left under older sec
 
 def versions(db_path: Path) -> Counter[str]:
     with sqlite3.connect(db_path, timeout=10) as conn:
-        return Counter(
-            v for (v,) in conn.execute("SELECT key_version FROM api_keys").fetchall()
-        )
+        return Counter(v for (v,) in conn.execute("SELECT key_version FROM api_keys").fetchall())
 
 
 def reencrypt_cmd(env: dict[str, str], cwd: Path, batch_size: int | None = None) -> list[str]:
@@ -65,9 +65,13 @@ def run_reencrypt(
 ) -> tuple[int, int, int, int]:
     """(exit code, rewritten, left, unreadable) of one complete run."""
     proc = subprocess.run(
-        reencrypt_cmd(env, cwd, batch_size), env=env, cwd=cwd, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+        reencrypt_cmd(env, cwd, batch_size),
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     match = RESULT_RE.search(proc.stdout)
     assert match, f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr}"
     # Logs never carry key material.
@@ -177,9 +181,11 @@ def test_secret_rotation_end_to_end(
 
     # 1. New secret, old one kept as previous: old rows still decrypt.
     relay_b = start_relay(
-        data_dir=data, ENCRYPTION_SECRET=SECRET_B, ENCRYPTION_SECRET_PREVIOUS=SECRET_A,
+        data_dir=data,
+        ENCRYPTION_SECRET=SECRET_B,
+        ENCRYPTION_SECRET_PREVIOUS=SECRET_A,
         TOKEN_HMAC_SECRET=HMAC_SECRET,
-    )  # fmt: skip
+    )
     for i, user in enumerate(users):
         mocks.openai.clear()
         r = chat(relay_b, user.token)
@@ -188,8 +194,11 @@ def test_secret_rotation_end_to_end(
             f"Bearer sk-test-ROTATE-{i}-openai"
         )
     # A key stored now is sealed under B: a mixed table, as in real life.
-    r = HTTP.post(f"{relay_b.url}/keys/google", json={"key": "AIza-test-ROTATE-new"},
-                  headers={"x-relay-token": users[1].token})  # fmt: skip
+    r = HTTP.post(
+        f"{relay_b.url}/keys/google",
+        json={"key": "AIza-test-ROTATE-new"},
+        headers={"x-relay-token": users[1].token},
+    )
     assert r.status_code == 200, r.text
     assert versions(db_path) == {VERSION_A: 6, VERSION_B: 1}
 
@@ -240,9 +249,12 @@ def test_reencrypt_killed_half_way_loses_nothing(
     assert versions(db_path) == {VERSION_A: total}
 
     proc = subprocess.Popen(
-        reencrypt_cmd(env, no_env_dir, batch_size=20), env=env, cwd=no_env_dir,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        reencrypt_cmd(env, no_env_dir, batch_size=20),
+        env=env,
+        cwd=no_env_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     reader = sqlite3.connect(db_path, timeout=10)
     killed_at = 0
     try:
@@ -290,9 +302,12 @@ def test_reencrypt_while_relay_serves_traffic(
     seeded = seed(data / "relay.db", total, SECRET_A, with_tokens=True)
     # CACHE_TTL_S=0: every request reads and decrypts the row, racing the rewrite.
     relay = start_relay(
-        data_dir=data, ENCRYPTION_SECRET=SECRET_B, ENCRYPTION_SECRET_PREVIOUS=SECRET_A,
-        TOKEN_HMAC_SECRET=HMAC_SECRET, CACHE_TTL_S="0",
-    )  # fmt: skip
+        data_dir=data,
+        ENCRYPTION_SECRET=SECRET_B,
+        ENCRYPTION_SECRET_PREVIOUS=SECRET_A,
+        TOKEN_HMAC_SECRET=HMAC_SECRET,
+        CACHE_TTL_S="0",
+    )
     assert relay.db_path is not None
     user_ids = sorted(seeded)
     failures: list[str] = []
@@ -323,8 +338,11 @@ def test_reencrypt_while_relay_serves_traffic(
                 if stop.is_set():
                     return
                 key = f"sk-test-{user_id}-REPLACED"
-                r = client.post(f"{relay.url}/keys/openai", json={"key": key},
-                                headers={"x-relay-token": seeded[user_id][1]})  # fmt: skip
+                r = client.post(
+                    f"{relay.url}/keys/openai",
+                    json={"key": key},
+                    headers={"x-relay-token": seeded[user_id][1]},
+                )
                 if r.status_code != 200:
                     failures.append(f"store {user_id}: {r.status_code} {r.text[:200]}")
                     continue
@@ -415,3 +433,62 @@ def test_tokens_survive_rotation_without_token_hmac_secret(
     )
     r = chat(relay, token)
     assert r.status_code == 200, r.text
+
+
+class _RacingStorage:
+    """The real SQLite storage, with a hook that runs between reencrypt's read of a batch
+    and its write: the moment a relay serving users could change the same rows."""
+
+    def __init__(self, inner: Any, between: Any) -> None:
+        self._inner = inner
+        self._between = between
+        self._fired = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def keys_not_at_version(self, *args: Any) -> Any:
+        batch = await self._inner.keys_not_at_version(*args)
+        if batch and not self._fired:
+            self._fired = True
+            await self._between()
+        return batch
+
+
+def test_reencrypt_never_undoes_a_concurrent_change(tmp_path: Path) -> None:
+    # Deterministic version of the race the HTTP test above can only hope to hit.
+    from byok_relay.rotation import reencrypt
+
+    db_path = tmp_path / "relay.db"
+    seeded = seed(db_path, 6, SECRET_A)
+    users = sorted(seeded)
+    storage = open_storage(f"sqlite:///{db_path}", pool_size=1)
+    relay_b = KeyCipher(SECRET_B, [SECRET_A])  # a relay already on the new secret
+    stale_a = KeyCipher(SECRET_A)  # an instance not yet restarted
+    now = int(time.time() * 1000)
+
+    async def users_act() -> None:
+        sealed = relay_b.seal("sk-test-NEW-under-B", users[0], "openai")
+        await storage.put_key(users[0], "openai", sealed.version, sealed.blob, "er-B", None, now)
+        await storage.delete_key(users[1], "openai")
+        sealed = stale_a.seal("sk-test-NEW-under-A", users[2], "openai")
+        await storage.put_key(users[2], "openai", sealed.version, sealed.blob, "er-A", None, now)
+
+    async def run() -> Any:
+        await storage.connect()
+        try:
+            return await reencrypt(_RacingStorage(storage, users_act), relay_b, batch_size=100)
+        finally:
+            await storage.close()
+
+    result = asyncio.run(run())
+    # Three rows were swapped; the three changed meanwhile were left alone.
+    assert (result.rewritten, result.unreadable) == (3, 0)
+    assert result.remaining == 1  # the stale instance's write: a second run will take it
+    opened = opened_keys(db_path, KeyCipher(SECRET_B, [SECRET_A]))
+    assert opened[f"{users[0]}/openai"] == "sk-test-NEW-under-B"  # not clobbered
+    assert f"{users[1]}/openai" not in opened  # not resurrected
+    assert opened[f"{users[2]}/openai"] == "sk-test-NEW-under-A"
+    for user_id in users[3:]:
+        assert opened[f"{user_id}/openai"] == seeded[user_id][0]
+    assert versions(db_path) == {VERSION_B: 4, VERSION_A: 1}

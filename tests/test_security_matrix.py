@@ -199,6 +199,8 @@ def relays(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> It
                 "ALLOWED_MODELS": "gpt-4o-mini",
             },
             "cidr": {**limits, "TRUSTED_PROXIES": "127.0.0.1/32"},
+            # A relay serving a LAN model server: private upstreams allowed on purpose.
+            "lan": {"ALLOW_PRIVATE_UPSTREAMS": "true", "CACHE_TTL_S": "0"},
         },
     )
     try:
@@ -331,11 +333,19 @@ def test_ssrf_name_resolving_to_loopback(hardened: Relay, alice: User) -> None:
     if not names:
         pytest.skip("no local host name resolving to a private address on this machine")
     for name in names:
-        r = post(hardened, "/relay/openai-compatible/v1/chat/completions",
-                 {**alice.headers, "x-relay-base-url": f"https://{name}/"}, json=CHAT)  # fmt: skip
+        r = post(
+            hardened,
+            "/relay/openai-compatible/v1/chat/completions",
+            {**alice.headers, "x-relay-base-url": f"https://{name}/"},
+            json=CHAT,
+        )
         assert "non-public address" in error_of(r, 400)
-        r = post(hardened, "/keys/openai-compatible", alice.headers,
-                 json={"key": "sk-test-MATRIX-A-compat-5555", "base_url": f"https://{name}:8443/v1"})  # fmt: skip
+        r = post(
+            hardened,
+            "/keys/openai-compatible",
+            alice.headers,
+            json={"key": "sk-test-MATRIX-A-compat-5555", "base_url": f"https://{name}:8443/v1"},
+        )
         assert "non-public address" in error_of(r, 400)
 
 
@@ -360,11 +370,91 @@ def test_ssrf_header_cannot_redirect_a_fixed_provider(
 ) -> None:
     # x-relay-base-url only matters for openai-compatible: openai goes to the operator's URL.
     mocks.openai.clear()
-    r = post(hardened, "/relay/openai/v1/chat/completions",
-             {**alice.headers, "x-relay-base-url": "https://169.254.169.254/"}, json=CHAT)  # fmt: skip
+    r = post(
+        hardened,
+        "/relay/openai/v1/chat/completions",
+        {**alice.headers, "x-relay-base-url": "https://169.254.169.254/"},
+        json=CHAT,
+    )
     assert r.status_code == 200, r.text
     assert len(mocks.openai.requests) == 1
     assert "x-relay-base-url" not in mocks.openai.last_request.headers
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/",
+        "http://169.254.170.2/",
+        "http://[fd00:ec2::254]/",
+        "http://metadata.google.internal/",
+        "http://100.100.100.200/",
+        "http://0.0.0.0:8080/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://2130706433/",
+    ],
+)
+def test_ssrf_metadata_refused_even_with_private_upstreams(relays: Any, url: str) -> None:
+    relay: Relay = relays["lan"]
+    user = register_user(relay, "matrix")
+    user.store_key("openai-compatible", "sk-test-MATRIX-lan-0000")
+    r = post(
+        relay,
+        "/relay/openai-compatible/v1/chat/completions",
+        {**user.headers, "x-relay-base-url": url},
+        json=CHAT,
+    )
+    assert "Upstream" in error_of(r, 400)
+    r = post(
+        relay,
+        "/keys/openai-compatible",
+        user.headers,
+        json={"key": "sk-test-MATRIX-lan-0000", "base_url": url},
+    )
+    error_of(r, 400)
+
+
+def test_redirect_from_client_supplied_upstream_is_not_followed(
+    relays: Any, mocks: MockProviders
+) -> None:
+    # Through the guarded session (client-supplied base URL), as on a LAN relay.
+    relay: Relay = relays["lan"]
+    user = register_user(relay, "matrix")
+    user.store_key("openai-compatible", "sk-test-MATRIX-lan-1111", base_url=mocks.openai.url)
+    mocks.openai.clear()
+    r = post(
+        relay,
+        "/relay/openai-compatible/v1/chat/completions",
+        user.headers,
+        json={**CHAT, "model": "mock-redirect"},
+    )
+    assert r.status_code == 302, r.text
+    assert len(mocks.openai.requests) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design gap (relay.py _outbound): x-relay-base-url overrides a stored base_url, "
+    "so whoever holds a token can send the stored openai-compatible key to any public host",
+)
+def test_header_cannot_send_stored_key_to_another_host(relays: Any, mocks: MockProviders) -> None:
+    relay: Relay = relays["lan"]
+    user = register_user(relay, "matrix")
+    user.store_key("openai-compatible", "sk-test-MATRIX-lan-2222", base_url=mocks.openai.url)
+    mocks.openai.clear()
+    mocks.generic.clear()
+    post(
+        relay,
+        "/relay/openai-compatible/v1/chat/completions",
+        {**user.headers, "x-relay-base-url": mocks.generic.url},
+        json=CHAT,
+    )
+    leaked = [
+        q
+        for q in mocks.generic.requests
+        if "sk-test-MATRIX-lan-2222" in q.headers.get("authorization", "")
+    ]
+    assert leaked == [], "the stored key went to a host other than its stored base_url"
 
 
 def test_redirect_to_private_address_is_not_followed(
@@ -460,11 +550,15 @@ def test_path_normalised_before_the_allowlist(
 ) -> None:
     # Control rows: the provider sees exactly the path the allowlist approved.
     mocks.openai.clear()
-    r = raw_http(hardened, request_bytes(
-        "POST", target, [b"x-relay-token: " + alice.token.encode(),
-                         b"content-type: application/json"],
-        b'{"model":"gpt-4o-mini","messages":[]}',
-    ))  # fmt: skip
+    r = raw_http(
+        hardened,
+        request_bytes(
+            "POST",
+            target,
+            [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json"],
+            b'{"model":"gpt-4o-mini","messages":[]}',
+        ),
+    )
     assert r.status == 200, r
     assert [q.path for q in mocks.openai.requests] == [upstream]
 
@@ -495,11 +589,15 @@ def test_header_injection_refused(
 ) -> None:
     mocks.anthropic.clear()
     body = b'{"model":"claude-3-5-haiku-20241022","max_tokens":8,"messages":[]}'
-    r = raw_http(hardened, request_bytes(
-        "POST", b"/relay/anthropic/v1/messages",
-        [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json", header],
-        body,
-    ))  # fmt: skip
+    r = raw_http(
+        hardened,
+        request_bytes(
+            "POST",
+            b"/relay/anthropic/v1/messages",
+            [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json", header],
+            body,
+        ),
+    )
     assert r.status == 400, r
     assert mocks.anthropic.requests == []
     assert healthy(hardened)
@@ -511,11 +609,15 @@ def test_header_injection_inert_values_stay_one_header(
 ) -> None:
     mocks.anthropic.clear()
     body = b'{"model":"claude-3-5-haiku-20241022","max_tokens":8,"messages":[]}'
-    r = raw_http(hardened, request_bytes(
-        "POST", b"/relay/anthropic/v1/messages",
-        [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json", header],
-        body,
-    ))  # fmt: skip
+    r = raw_http(
+        hardened,
+        request_bytes(
+            "POST",
+            b"/relay/anthropic/v1/messages",
+            [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json", header],
+            body,
+        ),
+    )
     assert r.status in (200, 400), r
     for seen in mocks.anthropic.requests:
         assert "x-injected" not in seen.headers
@@ -527,12 +629,20 @@ def test_header_injection_openrouter_title(
     hardened: Relay, alice: User, mocks: MockProviders
 ) -> None:
     mocks.openai.clear()
-    r = raw_http(hardened, request_bytes(
-        "POST", b"/relay/openrouter/api/v1/chat/completions",
-        [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json",
-         b"X-Title: My App\nSet-Cookie: injected=1", b"HTTP-Referer: https://a.example\rx: y"],
-        b'{"model":"gpt-4o-mini","messages":[]}',
-    ))  # fmt: skip
+    r = raw_http(
+        hardened,
+        request_bytes(
+            "POST",
+            b"/relay/openrouter/api/v1/chat/completions",
+            [
+                b"x-relay-token: " + alice.token.encode(),
+                b"content-type: application/json",
+                b"X-Title: My App\nSet-Cookie: injected=1",
+                b"HTTP-Referer: https://a.example\rx: y",
+            ],
+            b'{"model":"gpt-4o-mini","messages":[]}',
+        ),
+    )
     assert r.status == 400, r
     assert mocks.openai.requests == []
 
@@ -588,8 +698,7 @@ def test_credential_precedence_never_mixes_users(
     b = register_user(hardened, "matrix")
     b.store_key("openai", OPENAI_KEY_B)
     mocks.openai.clear()
-    r = post(hardened, "/relay/openai/v1/chat/completions", headers_of(a.token, b.token),
-             json=CHAT)  # fmt: skip
+    r = post(hardened, "/relay/openai/v1/chat/completions", headers_of(a.token, b.token), json=CHAT)
     error_of(r, 400)  # acted as A, who has no key
     assert mocks.openai.requests == []
 
@@ -667,7 +776,8 @@ def test_ciphertext_copied_between_rows_fails_to_decrypt(
             blob = blob[:-1] + bytes([blob[-1] ^ 1])
             where = (b_id, "openai")
         conn.execute(
-            "UPDATE api_keys SET key_version = ?, ciphertext = ? WHERE user_id = ? AND provider = ?",
+            "UPDATE api_keys SET key_version = ?, ciphertext = ?"
+            " WHERE user_id = ? AND provider = ?",
             (version, blob, *where),
         )
     mocks.openai.clear()
@@ -801,8 +911,9 @@ def test_malformed_management_bodies_are_400(
     [b"{bad", b"[1,2]", b'{"model": 5}', b'{"model": ""}', b"", b'{"model": "no-such-thing-x"}'],
 )
 def test_malformed_unified_relay_bodies_are_400(hardened: Relay, alice: User, body: bytes) -> None:
-    r = post(hardened, "/relay", {**alice.headers, "content-type": "application/json"},
-             content=body)  # fmt: skip
+    r = post(
+        hardened, "/relay", {**alice.headers, "content-type": "application/json"}, content=body
+    )
     error_of(r, 400)
 
 
@@ -819,8 +930,12 @@ def test_allowlist_applies_to_json_sent_as_text_plain(
 ) -> None:
     mocks.openai.clear()
     body = b'{"model":"gpt-4o","messages":[]}'  # gpt-4o is not in ALLOWED_MODELS
-    r = post(hardened, "/relay/openai/v1/chat/completions",
-             {**alice.headers, "content-type": "text/plain"}, content=body)  # fmt: skip
+    r = post(
+        hardened,
+        "/relay/openai/v1/chat/completions",
+        {**alice.headers, "content-type": "text/plain"},
+        content=body,
+    )
     error_of(r, 403)
     assert mocks.openai.requests == []
 
@@ -832,7 +947,8 @@ def test_allowlist_applies_to_json_sent_as_text_plain(
     ("headers", "body"),
     [
         pytest.param(
-            {}, {"data": {"model": "whisper-1"}, "files": {"file": ("a.wav", b"RIFF0000WAVE")}},
+            {},
+            {"data": {"model": "whisper-1"}, "files": {"file": ("a.wav", b"RIFF0000WAVE")}},
             id="multipart model field",
         ),
         pytest.param(
@@ -846,7 +962,7 @@ def test_allowlist_applies_to_json_sent_as_text_plain(
             id="lone surrogate escape",
         ),
     ],
-)  # fmt: skip
+)
 def test_allowlist_cannot_be_dodged_by_body_encoding(
     hardened: Relay, alice: User, mocks: MockProviders, headers: dict[str, str], body: Any
 ) -> None:
@@ -908,10 +1024,15 @@ def test_app_secret_gate(hardened: Relay, headers: dict[str, str], status: int) 
 def test_app_secret_gate_non_utf8_bytes_401_not_500(hardened: Relay, value: bytes) -> None:
     # Fixed: undecodable bytes made the constant-time comparison raise (500).
     for method, target in (("POST", b"/users"), ("GET", b"/stats/gate"), ("GET", b"/metrics")):
-        r = raw_http(hardened, request_bytes(
-            method, target, [b"authorization: " + value, b"content-type: application/json"],
-            b'{"app_id":"x"}' if method == "POST" else b"",
-        ))  # fmt: skip
+        r = raw_http(
+            hardened,
+            request_bytes(
+                method,
+                target,
+                [b"authorization: " + value, b"content-type: application/json"],
+                b'{"app_id":"x"}' if method == "POST" else b"",
+            ),
+        )
         assert r.status == 401, (target, r)
         r.json_error()
 
@@ -970,8 +1091,9 @@ def test_logs_hold_no_token_and_no_key(hardened: Relay, alice: User) -> None:
 # ======================================================================================
 
 
-def _get_keys(relay: Relay, token: str, xff: str | list[str] | None = None,
-              client: httpx.Client | None = None) -> httpx.Response:  # fmt: skip
+def _get_keys(
+    relay: Relay, token: str, xff: str | list[str] | None = None, client: httpx.Client | None = None
+) -> httpx.Response:
     headers: list[tuple[str, str]] = [("x-relay-token", token)]
     for value in [xff] if isinstance(xff, str) else xff or []:
         headers.append(("x-forwarded-for", value))
@@ -1065,8 +1187,11 @@ def test_trusted_cidr_believes_only_that_peer(relays: Any) -> None:
 def test_refused_path_or_model_costs_no_quota(relays: Any, mocks: MockProviders) -> None:
     relay: Relay = relays["hops"]  # RATE_LIMIT_RELAY=2/minute, ALLOWED_MODELS=gpt-4o-mini
     token = _token(relay, "198.51.100.210")
-    r = HTTP.post(f"{relay.url}/keys/openai", json={"key": "sk-test-ABUSE-00000000"},
-                   headers={"x-relay-token": token, "x-forwarded-for": "198.51.100.210"})  # fmt: skip
+    r = HTTP.post(
+        f"{relay.url}/keys/openai",
+        json={"key": "sk-test-ABUSE-00000000"},
+        headers={"x-relay-token": token, "x-forwarded-for": "198.51.100.210"},
+    )
     assert r.status_code == 200, r.text
     headers = {"x-relay-token": token, "x-forwarded-for": "198.51.100.5"}
     mocks.openai.clear()
@@ -1075,10 +1200,17 @@ def test_refused_path_or_model_costs_no_quota(relays: Any, mocks: MockProviders)
         error_of(
             HTTP.post(f"{relay.url}/relay/openai/v1/%2e%2e/x", json=CHAT, headers=headers), 403
         )
-        error_of(HTTP.post(f"{relay.url}/relay", json={**CHAT, "model": "gpt-4o"},
-                            headers=headers), 403)  # fmt: skip
-        error_of(HTTP.post(f"{relay.url}/relay/openai/v1/chat/completions",
-                            json={**CHAT, "model": "o1"}, headers=headers), 403)  # fmt: skip
+        error_of(
+            HTTP.post(f"{relay.url}/relay", json={**CHAT, "model": "gpt-4o"}, headers=headers), 403
+        )
+        error_of(
+            HTTP.post(
+                f"{relay.url}/relay/openai/v1/chat/completions",
+                json={**CHAT, "model": "o1"},
+                headers=headers,
+            ),
+            403,
+        )
         error_of(HTTP.post(f"{relay.url}/relay/nope/v1/x", json=CHAT, headers=headers), 400)
     assert mocks.openai.requests == []
     ok = [
@@ -1094,13 +1226,17 @@ def test_registration_limit_per_ip(relays: Any) -> None:
     relay: Relay = relays["hops"]  # RATE_LIMIT_REGISTER=3/hour
     for _ in range(3):
         _token(relay, "198.51.100.6")
-    r = HTTP.post(f"{relay.url}/users", json={"app_id": "abuse"},
-                   headers={"x-forwarded-for": "198.51.100.6"})  # fmt: skip
+    r = HTTP.post(
+        f"{relay.url}/users", json={"app_id": "abuse"}, headers={"x-forwarded-for": "198.51.100.6"}
+    )
     _assert_429_headers(r, 3, window_s=3600)
     assert "registrations" in r.json()["error"]
     # Invalid bodies are refused before the limiter: they cost no registration.
-    r = HTTP.post(f"{relay.url}/users", content=b"{bad", headers={
-        "x-forwarded-for": "198.51.100.7", "content-type": "application/json"})  # fmt: skip
+    r = HTTP.post(
+        f"{relay.url}/users",
+        content=b"{bad",
+        headers={"x-forwarded-for": "198.51.100.7", "content-type": "application/json"},
+    )
     error_of(r, 400)
     for _ in range(3):
         _token(relay, "198.51.100.7")  # another address, its own allowance
@@ -1120,11 +1256,16 @@ def test_concurrent_abuse_does_not_crash(hardened: Relay, alice: User) -> None:
 
     def hammer(i: int) -> None:
         try:
-            raw_http(hardened, request_bytes(
-                "POST", b"/relay/openai/v1/%2e%2e/x" if i % 2 else b"/keys/openai",
-                [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json"],
-                b"{bad" * 50,
-            ), timeout=10)  # fmt: skip
+            raw_http(
+                hardened,
+                request_bytes(
+                    "POST",
+                    b"/relay/openai/v1/%2e%2e/x" if i % 2 else b"/keys/openai",
+                    [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json"],
+                    b"{bad" * 50,
+                ),
+                timeout=10,
+            )
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(repr(exc))
 

@@ -292,6 +292,15 @@ async def test_usage_rows_stats_last_used_and_purge(db: Storage) -> None:
     assert (await db.usage_stats("user_id", user_id, now))["total"] == 2
 
 
+async def test_usage_rows_of_a_deleted_user_are_not_written(db: Storage) -> None:
+    # A stream that ends after DELETE /users (on this or another instance) flushes its
+    # row late: it must not bring back data of an erased user.
+    user_id, _ = await _user(db)
+    assert await db.delete_user(user_id)
+    await db.record_usage([_row(user_id, "openai")], {(user_id, "openai"): _now()})
+    assert (await db.usage_stats("user_id", user_id, _now()))["total"] == 0
+
+
 # --- faults ------------------------------------------------------------------------------
 @pytest.mark.postgres
 async def test_postgres_unreachable_is_storage_unavailable(pg_db: PgDatabase) -> None:

@@ -45,8 +45,9 @@ def db(relay: Relay) -> sqlite3.Connection:
 
 def chat(relay: Relay, token: str, header: str = "x-relay-token") -> httpx.Response:
     value = f"Bearer {token}" if header == "authorization" else token
-    return HTTP.post(f"{relay.url}/relay/openai/v1/chat/completions", json=CHAT,
-                     headers={header: value})  # fmt: skip
+    return HTTP.post(
+        f"{relay.url}/relay/openai/v1/chat/completions", json=CHAT, headers={header: value}
+    )
 
 
 def list_keys(relay: Relay, token: str) -> httpx.Response:

@@ -158,6 +158,17 @@ def test_content_encoding(relay: Relay, owner: User, path: str) -> None:
     assert r.status_code == 200, r.text
 
 
+def test_content_encoding_on_the_relay_route(relay: Relay, register: Register) -> None:
+    user = register()
+    user.store_key("openai", "sk-relay-gzip-test-0002")
+    r = HTTP.post(
+        f"{relay.url}/relay/openai/v1/chat/completions",
+        content=b'{"model": "gpt-4o-mini", "messages": []}',
+        headers={**user.headers, "content-type": "application/json", "content-encoding": "gzip"},
+    )
+    error_of(r, 400)
+
+
 # --- POST /keys fields ------------------------------------------------------------------------
 
 BAD_KEYS: list[Any] = [

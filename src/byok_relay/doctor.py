@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from byok_relay.config import ENV_FILE, ConfigError, Settings, load_settings
@@ -26,10 +27,40 @@ class Report:
         print(f"  ERROR  {msg}")
 
 
+def _sqlite_file(settings: Settings, report: Report) -> bool:
+    """Checks on the SQLite file made without opening it (opening creates the file and
+    makes it 0600). False when there is no file yet: doctor must not create one."""
+    from byok_relay.storage.sqlite import sqlite_path
+
+    raw = sqlite_path(settings.database_url)
+    if raw == ":memory:":
+        return True
+    path = Path(raw)
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            report.warn(f"{path} has mode {mode:o}: other users may read it (chmod 600 {path})")
+        return True
+    ancestor = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    try:
+        # What `serve` will do (mkdir there), tried with a scratch directory, then undone.
+        os.rmdir(tempfile.mkdtemp(prefix=".byok-relay-doctor-", dir=ancestor))
+    except OSError as exc:
+        report.error(
+            f"DATABASE_URL: the database {path} cannot be created in {ancestor} "
+            f"({exc.strerror}); check DATABASE_URL / DB_PATH"
+        )
+        return False
+    report.ok(f"database {path} does not exist yet; serve or migrate will create it")
+    return False
+
+
 async def _check_storage(settings: Settings, report: Report) -> None:
     from byok_relay.storage import StorageUnavailable, open_storage
     from byok_relay.storage.migrations import MIGRATIONS
 
+    if settings.database_url.startswith("sqlite:///") and not _sqlite_file(settings, report):
+        return
     try:
         storage = open_storage(settings.database_url, pool_size=1)
         await storage.connect()
@@ -51,12 +82,6 @@ async def _check_storage(settings: Settings, report: Report) -> None:
         report.error(f"database: {type(exc).__name__}: {exc}")
     finally:
         await storage.close()
-    if settings.database_url.startswith("sqlite:///"):
-        from byok_relay.storage.sqlite import sqlite_path
-
-        path = Path(sqlite_path(settings.database_url))
-        if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
-            report.warn(f"{path} is readable by other users: chmod 600 {path}")
 
 
 async def _check_redis(settings: Settings, report: Report) -> None:

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from byok_relay.auth import MISSING_TOKEN, Authenticator, Principal
+from byok_relay.bodies import read_body
 from byok_relay.config import Settings
 from byok_relay.errors import ApiError
 from byok_relay.metering import Meter
@@ -109,7 +110,7 @@ class Relay:
                 f'"{provider.name}": only inference and model-listing endpoints are relayed.',
             )
         self._require_credential_shape(request)
-        body = await self._read_body(request)
+        body = await read_body(request, self.body_limit)
         model, stream = _model_and_stream(request, body, self.allowlist.active)
         if provider.name == "google":
             model = model_in_path(path) or model
@@ -121,7 +122,7 @@ class Relay:
     async def unified_route(self, request: web.Request) -> web.StreamResponse:
         """POST /relay {model, ...}: pick the provider from `model`."""
         self._require_credential_shape(request)
-        body = await self._read_body(request)
+        body = await read_body(request, self.body_limit)
         try:
             data = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
@@ -175,22 +176,6 @@ class Relay:
             or "x-goog-api-key" in headers
         ):
             raise ApiError(401, MISSING_TOKEN)
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        if not request.body_exists:
-            return b""
-        length = request.content_length
-        if length is not None and length > self.body_limit:
-            # Refused from the header alone: the body is never read.
-            raise ApiError(
-                413, f"Request body is larger than the limit of {self.body_limit} bytes."
-            )
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(
-                413, f"Request body is larger than the limit of {self.body_limit} bytes."
-            ) from None
 
     def _check_model(self, provider: str, model: str | None) -> None:
         if model is not None and not self.allowlist.allows(provider, model):

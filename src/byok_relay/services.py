@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -10,11 +13,12 @@ from byok_relay.auth import Authenticator
 from byok_relay.bus import InvalidationBus
 from byok_relay.config import Settings
 from byok_relay.crypto import KeyCipher, TokenHasher
+from byok_relay.logs import log_event
 from byok_relay.metrics import RelayMetrics
 from byok_relay.providers import ProviderRegistry
 from byok_relay.ratelimit import ClientAddress, RateLimiter
 from byok_relay.relay import Relay
-from byok_relay.storage import Storage, open_storage
+from byok_relay.storage import Storage, StorageUnavailable, open_storage
 from byok_relay.upstream import Upstream
 from byok_relay.usage import UsageRecorder
 from byok_relay.vault import Vault
@@ -36,6 +40,7 @@ class Services:
     client_address: ClientAddress
     metrics: RelayMetrics
     bus: InvalidationBus
+    _storage_retry: asyncio.Task[None] | None = field(default=None, init=False)
 
     @classmethod
     def build(cls, settings: Settings, registry: ProviderRegistry) -> Services:
@@ -72,13 +77,46 @@ class Services:
         )
 
     async def start(self) -> None:
-        await self.storage.connect()
-        await self.storage.migrate()
         await self.upstream.start()
+        try:
+            await self._open_storage()
+        except StorageUnavailable as exc:
+            if self.storage.dialect == "sqlite":
+                raise  # a file that cannot be opened is a configuration error: stop
+            # A networked database may come back: serve (503 on the routes that need it)
+            # and keep trying, instead of exiting.
+            log_event(
+                "database unavailable at start; answering 503 until it returns",
+                logging.WARNING,
+                reason=str(exc),
+            )
+            self._storage_retry = asyncio.get_running_loop().create_task(self._retry_storage())
         self.usage.start()
         await self.bus.start()
 
+    async def _open_storage(self) -> None:
+        await self.storage.connect()
+        await self.storage.migrate()
+
+    async def _retry_storage(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.storage.close()
+                await self._open_storage()
+            except StorageUnavailable as exc:
+                delay = min(delay * 2, 15.0)
+                log_event("database still unavailable", logging.WARNING, reason=str(exc))
+                continue
+            log_event("database connected")
+            return
+
     async def stop(self) -> None:
+        if self._storage_retry is not None:
+            self._storage_retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._storage_retry
         await self.bus.stop()
         await self.usage.stop()
         await self.upstream.close()

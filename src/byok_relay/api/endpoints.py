@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from byok_relay.auth import Principal
+from byok_relay.bodies import read_body
 from byok_relay.crypto import constant_time_equals
 from byok_relay.errors import ApiError, json_response
 from byok_relay.services import SERVICES, Services
@@ -95,18 +96,7 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         )
     svc = request.app[SERVICES]
     limit = svc.settings.REQUEST_BODY_LIMIT_BYTES
-    too_large = f"Request body is larger than the limit of {limit} bytes."
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, too_large, headers=_CLOSE)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, too_large, headers=_CLOSE) from None
-    except web.RequestPayloadError:
-        # e.g. a Content-Encoding the body does not match (corrupt gzip): the client's fault.
-        raise ApiError(
-            400, "Request body could not be read (bad Content-Encoding?).", headers=_CLOSE
-        ) from None
+    raw = await read_body(request, limit)
     try:
         data = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:

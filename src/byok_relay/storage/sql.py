@@ -231,9 +231,12 @@ class SQLStorage(Storage):
         async with self._write() as tx:
             if rows:
                 await tx.executemany(
+                    # Only for users that still exist: a stream that ends after
+                    # DELETE /users (on any instance) must not leave a row behind.
                     "INSERT INTO request_log (user_id, app_id, provider, model, status,"
                     " latency_ms, streaming, input_tokens, output_tokens, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                    " WHERE EXISTS (SELECT 1 FROM users WHERE id = ?)",
                     [
                         (
                             r.user_id,
@@ -246,6 +249,7 @@ class SQLStorage(Storage):
                             r.input_tokens,
                             r.output_tokens,
                             r.created_at,
+                            r.user_id,
                         )
                         for r in rows
                     ],

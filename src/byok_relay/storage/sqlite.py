@@ -73,12 +73,12 @@ class SqliteStorage(SQLStorage):
         return conn
 
     async def connect(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._open()
             self._reader = self._writer if self.path == ":memory:" else await self._open()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"cannot open SQLite database: {exc}") from None
         if self.path != ":memory:":
             Path(self.path).chmod(0o600)
