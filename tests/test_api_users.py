@@ -7,12 +7,12 @@ Everything runs against the real relay subprocess and its real SQLite file.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from typing import Any
 
 import httpx
 import pytest
+from backends import relay_db_rows
 from conftest import Register, StartRelay
 from providers.mock import MockProviders
 from providers.relay import TEST_ENCRYPTION_SECRET, Relay, User, http_client
@@ -37,11 +37,35 @@ def error_of(response: httpx.Response, status: int) -> str:
     return str(body["error"])
 
 
-def db(relay: Relay) -> sqlite3.Connection:
-    assert relay.db_path is not None
-    conn = sqlite3.connect(relay.db_path, timeout=10)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
+class _Rows:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows = rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._rows
+
+
+class _Db:
+    """The relay's database, SQLite or PostgreSQL alike (BYOK_TEST_BACKEND=postgres)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    def __enter__(self) -> _Db:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> _Rows:
+        return _Rows(relay_db_rows(self._relay, sql, *params))
+
+
+def db(relay: Relay) -> _Db:
+    return _Db(relay)
 
 
 def user_id_of(relay: Relay, token: str) -> str:
@@ -242,10 +266,11 @@ def test_expired_token(relay: Relay, register: Register) -> None:
     token_hash = TokenHasher(TEST_ENCRYPTION_SECRET).hash(user.token)
     past = int(time.time() * 1000) - 1000
     with db(relay) as conn:
-        n = conn.execute(
-            "UPDATE tokens SET expires_at = ? WHERE token_hash = ?", (past, token_hash)
-        ).rowcount
-    assert n == 1
+        rows = conn.execute(
+            "UPDATE tokens SET expires_at = ? WHERE token_hash = ? RETURNING token_hash",
+            (past, token_hash),
+        ).fetchall()
+    assert len(rows) == 1
     time.sleep(float(relay.env.get("CACHE_TTL_S", "1")) + 0.3)
     assert "expired" in error_of(get_keys(relay, user.headers), 401).lower()
     relayed = HTTP.post(

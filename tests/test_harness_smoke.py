@@ -36,6 +36,7 @@ def test_user_fixture_has_keys(user: User, http: httpx.Client) -> None:
     assert {"openai", "anthropic", "google"} <= set(listed.json()["providers"])
 
 
+@pytest.mark.sqlite_only
 def test_start_relay_factory(start_relay: StartRelay, register: Register) -> None:
     relay = start_relay(LOG_LEVEL="debug")
     assert relay.alive

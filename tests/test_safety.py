@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import Register, StartRelay
 from providers.mock import MockProviders
 from providers.relay import Relay, User, http_client, register_user
@@ -78,6 +79,7 @@ def relay_chat(relay: Relay, user: User, provider: str, model: str = "mock-model
 # --- secrets never at rest in plaintext, never in logs -------------------------------------
 
 
+@pytest.mark.sqlite_only  # greps the SQLite file's bytes
 def test_no_plaintext_secrets_in_db_or_logs(start_relay: StartRelay, mocks: MockProviders) -> None:
     server = start_relay(LOG_LEVEL="debug")
     app_id = f"safety-app-{secrets.token_hex(4)}"
