@@ -401,12 +401,6 @@ def test_reencrypt_reports_rows_it_cannot_read(
     assert versions(db_path)[VERSION_B] == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (auth.py/services.py): with TOKEN_HMAC_SECRET unset the token HMAC key is "
-    "derived from ENCRYPTION_SECRET only; ENCRYPTION_SECRET_PREVIOUS is not tried, so "
-    "rotating the secret logs every user out (their keys become unreachable)",
-)
 def test_tokens_survive_rotation_without_token_hmac_secret(
     start_relay: StartRelay, tmp_path: Path
 ) -> None:

@@ -693,7 +693,7 @@ def test_openai_compatible_stored_base_url_with_prefix(
 
 
 def test_openai_compatible_base_url_header(custom_user: User, mocks: MockProviders) -> None:
-    custom_user.store_key("openai-compatible", FAKE_KEY, base_url=mocks.openai.url)
+    custom_user.store_key("openai-compatible", FAKE_KEY)  # no stored base_url: the header's
     with custom_user.client() as client:
         response = client.post(
             "/relay/openai-compatible/chat/completions",
@@ -702,10 +702,19 @@ def test_openai_compatible_base_url_header(custom_user: User, mocks: MockProvide
         )
     assert response.status_code == 200, response.text
     echo = response.json()
-    assert echo["path"] == "/gw/v2/chat/completions"  # the header wins over the stored one
+    assert echo["path"] == "/gw/v2/chat/completions"
     assert echo["headers"]["authorization"] == f"Bearer {FAKE_KEY}"
     assert "x-relay-base-url" not in echo["headers"]
     assert mocks.openai.requests == []
+    # A key stored with a base_url is bound to it: another header base URL is refused.
+    custom_user.store_key("openai-compatible", FAKE_KEY, base_url=mocks.openai.url)
+    with custom_user.client() as client:
+        refused = client.post(
+            "/relay/openai-compatible/chat/completions",
+            json=CHAT,
+            headers={"x-relay-base-url": mocks.generic.url + "/gw/v2"},
+        )
+    assert "bound to the base_url" in _json_error(refused, 400)
 
 
 def test_openai_compatible_base_url_prefix_is_normalised(

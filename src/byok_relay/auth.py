@@ -72,7 +72,20 @@ class Authenticator:
             raise ApiError(401, MISSING_TOKEN)
         if not looks_like_token(token):
             raise ApiError(401, INVALID_TOKEN)
-        return await self.principal_for(self._hasher.hash(token))
+        token_hash = self._hasher.hash(token)
+        try:
+            return await self.principal_for(token_hash)
+        except ApiError as exc:
+            if exc.message != INVALID_TOKEN or not await self._adopt_old_hash(token, token_hash):
+                raise
+        return await self.principal_for(token_hash)
+
+    async def _adopt_old_hash(self, token: str, token_hash: str) -> bool:
+        """A token hashed under a previous ENCRYPTION_SECRET: store its current hash."""
+        for old in self._hasher.previous_hashes(token):
+            if await self._storage.rehash_token(old, token_hash):
+                return True
+        return False
 
     async def principal_for(self, token_hash: str) -> Principal:
         now = time.monotonic()

@@ -92,12 +92,26 @@ class KeyCipher:
 class TokenHasher:
     """Relay tokens are stored only as HMAC-SHA256 under a dedicated key."""
 
-    def __init__(self, encryption_secret: str, hmac_secret: str | None = None) -> None:
+    def __init__(
+        self,
+        encryption_secret: str,
+        hmac_secret: str | None = None,
+        previous_secrets: list[str] | None = None,
+    ) -> None:
         self._key = (
             hmac_secret.encode("utf-8")
             if hmac_secret
             else _derive(encryption_secret, b"token-hmac")
         )
+        # Without TOKEN_HMAC_SECRET the key follows ENCRYPTION_SECRET: tokens hashed under
+        # an earlier secret must still be recognised (and re-hashed) after a rotation.
+        self._previous_keys = (
+            [] if hmac_secret else [_derive(p, b"token-hmac") for p in previous_secrets or []]
+        )
+
+    def previous_hashes(self, token: str) -> list[str]:
+        data = token.encode("utf-8")
+        return [hmac.new(k, data, hashlib.sha256).hexdigest() for k in self._previous_keys]
 
     def hash(self, token: str) -> str:
         return hmac.new(self._key, token.encode("utf-8"), hashlib.sha256).hexdigest()

@@ -214,9 +214,20 @@ class Relay:
                 f'No API key stored for provider "{provider.name}". '
                 f"POST /keys/{provider.name} first.",
             )
-        session, url = self._target(
-            provider, path, request.headers.get("x-relay-base-url") or key.base_url
-        )
+        header_base = request.headers.get("x-relay-base-url")
+        if (
+            key.base_url
+            and header_base
+            and self.upstream.client_base(header_base) != self.upstream.client_base(key.base_url)
+        ):
+            # A key stored with its base_url is bound to it: a token holder must not be
+            # able to send the stored key to a host of their choosing.
+            raise ApiError(
+                400,
+                f'The stored "{provider.name}" key is bound to the base_url stored with it; '
+                "drop x-relay-base-url, or store the key again with another base_url.",
+            )
+        session, url = self._target(provider, path, key.base_url or header_base)
         params = _forwardable_query(query)
         if provider.name == "google" and path.endswith(":streamGenerateContent"):
             if not any(k == "alt" for k, _ in params):
@@ -423,7 +434,9 @@ def _model_and_stream(request: web.Request, body: bytes, strict: bool) -> tuple[
         if not strict:
             return None, False
         values = parse_qs(body.decode("utf-8", "replace")).get("model")
-        return (values[0] if values else None), False
+        if values:
+            return values[0], False
+        # No form field: a JSON body mislabelled as a form is still read below.
     # A JSON object sent without a JSON content type is still read: providers parse it
     # (and an unlabelled body goes upstream as application/json), so ALLOWED_MODELS must.
     head = body[:64].lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()

@@ -48,7 +48,11 @@ class Services:
         storage = open_storage(settings.database_url, pool_size=settings.DB_POOL_SIZE)
         cipher = KeyCipher(secret, settings.previous_secrets)
         hmac_secret = settings.TOKEN_HMAC_SECRET
-        hasher = TokenHasher(secret, hmac_secret.get_secret_value() if hmac_secret else None)
+        hasher = TokenHasher(
+            secret,
+            hmac_secret.get_secret_value() if hmac_secret else None,
+            settings.previous_secrets,
+        )
         auth = Authenticator(storage, hasher, settings.CACHE_TTL_S)
         vault = Vault(storage, cipher, settings.CACHE_TTL_S)
         limiter = RateLimiter(settings)

@@ -109,17 +109,20 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise ApiError(400, _field_message(exc.errors()[0])) from None
 
 
+def bearer_matches(request: web.Request, secret: str) -> bool:
+    """`Authorization: Bearer <secret>`, compared in constant time. The scheme is
+    case-insensitive (RFC 9110), as for relay tokens (auth.read_credential)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and constant_time_equals(value.strip(), secret)
+
+
 def require_app_secret(request: web.Request, svc: Services, *, required: bool) -> None:
     secret = svc.settings.APP_SECRET
     if secret is None:
         if required:
             raise ApiError(503, "This endpoint needs APP_SECRET to be configured on the relay.")
         return
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    # The scheme is case-insensitive (RFC 9110), as for relay tokens (auth.read_credential).
-    if scheme.lower() != "bearer" or not constant_time_equals(
-        value.strip(), secret.get_secret_value()
-    ):
+    if not bearer_matches(request, secret.get_secret_value()):
         raise ApiError(
             401, "Unauthorized: a valid Authorization: Bearer <APP_SECRET> header is required."
         )

@@ -8,10 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from byok_relay import __version__
-from byok_relay.api.endpoints import endpoint
+from byok_relay.api.endpoints import bearer_matches, endpoint
 from byok_relay.api.openapi import build_openapi
 from byok_relay.api.schemas import HealthResponse, VersionResponse
-from byok_relay.crypto import constant_time_equals
 from byok_relay.errors import ApiError, json_response
 from byok_relay.services import Services
 
@@ -113,8 +112,7 @@ async def metrics(request: web.Request, svc: Services) -> web.Response:
     """When METRICS_TOKEN is set, send `Authorization: Bearer <METRICS_TOKEN>`."""
     token = svc.settings.METRICS_TOKEN
     if token is not None:
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme != "Bearer" or not constant_time_equals(value, token.get_secret_value()):
+        if not bearer_matches(request, token.get_secret_value()):
             raise ApiError(401, "GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.")
     return web.Response(
         body=svc.metrics.render(), headers={"Content-Type": svc.metrics.content_type}

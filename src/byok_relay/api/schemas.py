@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 APP_ID_MAX = 128
 KEY_MIN, KEY_MAX = 10, 4096
+
+
+# Limits shown in the OpenAPI schema; the validators below enforce them with clear messages.
+_KEY_SCHEMA: dict[str, Any] = {"minLength": KEY_MIN, "maxLength": KEY_MAX, "pattern": r"^\S+$"}
 
 
 class _Body(BaseModel):
@@ -18,7 +24,8 @@ def _is_control(c: str) -> bool:
 
 class RegisterRequest(_Body):
     app_id: StrictStr = Field(
-        description="Your application's id (non-empty, at most 128 characters)."
+        description="Your application's id (non-empty, at most 128 characters).",
+        json_schema_extra={"minLength": 1, "maxLength": APP_ID_MAX},
     )
 
     @field_validator("app_id")
@@ -46,7 +53,9 @@ def _check_key(v: str) -> str:
 
 
 class StoreKeyRequest(_Body):
-    key: StrictStr = Field(description="The provider API key (10 to 4096 characters).")
+    key: StrictStr = Field(
+        description="The provider API key (10 to 4096 characters).", json_schema_extra=_KEY_SCHEMA
+    )
     base_url: StrictStr | None = Field(
         None, description="Upstream base URL, only for providers that take one."
     )
@@ -55,7 +64,7 @@ class StoreKeyRequest(_Body):
 
 
 class RotateKeyRequest(_Body):
-    key: StrictStr = Field(description="The new provider API key.")
+    key: StrictStr = Field(description="The new provider API key.", json_schema_extra=_KEY_SCHEMA)
 
     _key = field_validator("key")(classmethod(lambda cls, v: _check_key(v)))
 

@@ -91,6 +91,10 @@ class Storage(abc.ABC):
     async def lookup_token(self, token_hash: str) -> TokenRecord | None: ...
 
     @abc.abstractmethod
+    async def rehash_token(self, old_hash: str, new_hash: str) -> bool:
+        """Replace a token's stored HMAC (after the HMAC key changed)."""
+
+    @abc.abstractmethod
     async def revoke_token(self, token_hash: str, now: int) -> bool: ...
 
     @abc.abstractmethod

@@ -103,6 +103,13 @@ class SQLStorage(Storage):
             )
         return TokenRecord(*row) if row else None
 
+    async def rehash_token(self, old_hash: str, new_hash: str) -> bool:
+        async with self._write() as tx:
+            n = await tx.execute(
+                "UPDATE tokens SET token_hash = ? WHERE token_hash = ?", (new_hash, old_hash)
+            )
+        return n > 0
+
     async def revoke_token(self, token_hash: str, now: int) -> bool:
         async with self._write() as tx:
             n = await tx.execute(
