@@ -165,3 +165,12 @@ def user(relay: Relay, register: Register) -> User:
     for provider in ("openai", "anthropic", "google"):
         new_user.store_key(provider, FAKE_KEY)
     return new_user
+
+
+@pytest.fixture(scope="module")
+def shared_user(relay: Relay) -> User:
+    """One user (openai, anthropic, google keys) for a module's tests that only read."""
+    new_user = register_user(relay)
+    for provider in ("openai", "anthropic", "google"):
+        new_user.store_key(provider, FAKE_KEY)
+    return new_user

@@ -9,11 +9,10 @@ from typing import Any
 import httpx
 from conftest import Register
 from providers.mock import MockProviders
-from providers.relay import Relay, http_client
+from providers.relay import CHAT, Relay, http_client
 
 HTTP = http_client()  # one shared keep-alive client (no per-call SSL setup)
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_PATH = "/relay/openai/v1/chat/completions"
 
 

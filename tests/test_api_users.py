@@ -15,7 +15,7 @@ import pytest
 from backends import relay_db_rows
 from conftest import Register, StartRelay
 from providers.mock import MockProviders
-from providers.relay import TEST_ENCRYPTION_SECRET, Relay, User, http_client
+from providers.relay import CHAT, TEST_ENCRYPTION_SECRET, Relay, User, http_client
 
 from byok_relay.crypto import TokenHasher
 
@@ -23,7 +23,6 @@ HTTP = http_client()  # one shared keep-alive client (no per-call SSL setup)
 
 DAY_MS = 86_400_000
 TOKEN_RE = re.compile(r"byok_rt_[A-Za-z0-9_-]{43,}")
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def error_of(response: httpx.Response, status: int) -> str:

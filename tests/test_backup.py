@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from backends import PgDatabase, _pg_admin, run_sync, with_database, with_schema
 from providers.mock import MockProviders
-from providers.relay import Relay, StartRelay, User, http_client, register_user
+from providers.relay import CHAT, Relay, StartRelay, User, http_client, register_user
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_PATH = "/relay/openai/v1/chat/completions"
 
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 from providers.mock import MockProviders
-from providers.relay import Relay, User, register_user, start_relay_process
+from providers.relay import CHAT, Relay, User, register_user, start_relay_process
 from providers.relay import relay_env as build_relay_env
 
 APP = "https://app.example.com"
 OTHER = "https://evil.example.net"
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 # What the official JS SDKs ask for in their preflight (openai-node / anthropic-sdk-typescript
 # send x-stainless-*, anthropic adds anthropic-*; @google/genai sends x-goog-*).

@@ -26,9 +26,8 @@ import httpx
 import pytest
 from backends import PrivatePostgres, PrivateRedis, redis_keys
 from providers.mock import SLOW_EVENTS, MockProviders
-from providers.relay import FAKE_KEY, Relay, StartRelay, User, register_user
+from providers.relay import CHAT, FAKE_KEY, Relay, StartRelay, User, register_user
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_PATH = "/relay/openai/v1/chat/completions"
 
 

@@ -15,10 +15,9 @@ import httpx
 import pytest
 from conftest import Register
 from providers.mock import MockProviders
-from providers.relay import Relay, User, http_client
+from providers.relay import CHAT, Relay, User, http_client
 
 HTTP = http_client()
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 OLD_KEY = "sk-test-OLDKEY-00001111"
 NEW_KEY = "sk-test-NEWKEY-00002222"
 REJECTED_KEY = "sk-test-mock-401-REJECTED-3333"

@@ -33,6 +33,7 @@ from backends import (
 )
 from providers.mock import MockProviders
 from providers.relay import (
+    CHAT,
     FAKE_KEY,
     Relay,
     User,
@@ -43,7 +44,6 @@ from providers.relay import (
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_PATH = "/relay/openai/v1/chat/completions"
 DEADLINE_S = 1.0
 

@@ -12,11 +12,10 @@ import time
 import pytest
 from backends import relay_db_rows
 from providers.mock import MockProviders
-from providers.relay import StartRelay, User, register_user
+from providers.relay import CHAT, StartRelay, User, register_user
 
 pytestmark = pytest.mark.postgres
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_PATH = "/relay/openai/v1/chat/completions"
 
 

@@ -12,15 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from providers.mock import MOCK_COOKIE, REDIRECT_LOCATION, MockProvider, MockProviders
-from providers.relay import FAKE_KEY, Relay, User, register_user
-
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-CLAUDE = {
-    "model": "claude-3-5-haiku-20241022",
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+from providers.relay import CHAT, CLAUDE, FAKE_KEY, GEMINI, Relay, User, register_user
 
 CLIENT_SECRET = "client-secret-must-not-travel-0123456789"
 SECURITY = {
@@ -45,15 +37,6 @@ AUTH_CASES: dict[str, tuple[str, str, dict[str, Any] | None, str, str]] = {
     "groq": ("openai", "/openai/v1/chat/completions", CHAT, "authorization", "Bearer {k}"),
 }
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "xi-api-key")
-
-
-@pytest.fixture(scope="module")
-def shared_user(relay: Relay) -> User:
-    """One user (openai, anthropic, google keys) for the tests that only read."""
-    new_user = register_user(relay)
-    for provider in ("openai", "anthropic", "google"):
-        new_user.store_key(provider, FAKE_KEY)
-    return new_user
 
 
 @pytest.fixture

@@ -15,7 +15,10 @@ import orjson
 import pytest
 from providers.mock import REPLY_TEXT, MockProvider, MockProviders
 from providers.relay import (
+    CHAT,
+    CLAUDE,
     FAKE_KEY,
+    GEMINI,
     PROVIDER_MOCKS,
     Relay,
     User,
@@ -24,14 +27,6 @@ from providers.relay import (
 )
 from providers.relay import relay_env as build_relay_env
 from providers.sse import parse_sse_events
-
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-CLAUDE = {
-    "model": "claude-3-5-haiku-20241022",
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
 def _module_relay(
@@ -56,15 +51,6 @@ def _json_error(response: httpx.Response, status: int) -> str:
 def _no_upstream_calls(mocks: MockProviders) -> None:
     for mock in mocks.all():
         assert mock.requests == [], f"mock {mock.flavor} was called"
-
-
-@pytest.fixture(scope="module")
-def shared_user(relay: Relay) -> User:
-    """One user (openai, anthropic, google keys) for the tests that only read."""
-    new_user = register_user(relay)
-    for provider in ("openai", "anthropic", "google"):
-        new_user.store_key(provider, FAKE_KEY)
-    return new_user
 
 
 @pytest.fixture

@@ -31,17 +31,18 @@ from providers.mock import (
     MockProvider,
     MockProviders,
 )
-from providers.relay import FAKE_KEY, Relay, User, register_user, start_relay_process
+from providers.relay import (
+    CHAT,
+    CLAUDE,
+    FAKE_KEY,
+    GEMINI,
+    Relay,
+    User,
+    register_user,
+    start_relay_process,
+)
 from providers.relay import relay_env as build_relay_env
 from providers.sse import SSEEvent, SSEParser, parse_sse_events
-
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-CLAUDE = {
-    "model": "claude-3-5-haiku-20241022",
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
 @dataclass
@@ -70,15 +71,6 @@ def stream_events(client: httpx.Client, method: str, url: str, **kwargs: Any) ->
                 arrived.append(now)
         events.extend(parser.close())
         return Arrival(response.status_code, response.headers, events, arrived, reads)
-
-
-@pytest.fixture(scope="module")
-def shared_user(relay: Relay) -> User:
-    """One user (openai, anthropic, google keys) for the tests that only read."""
-    new_user = register_user(relay)
-    for provider in ("openai", "anthropic", "google"):
-        new_user.store_key(provider, FAKE_KEY)
-    return new_user
 
 
 @pytest.fixture

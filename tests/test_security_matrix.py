@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from providers.mock import MockProviders
-from providers.relay import Relay, User, http_client, register_user, start_relay_process
+from providers.relay import CHAT, Relay, User, http_client, register_user, start_relay_process
 from providers.relay import relay_env as build_relay_env
 
 from byok_relay import crypto
@@ -37,7 +37,6 @@ BODY_LIMIT = 64 * 1024
 ALLOWED_MODELS = "gpt-4o-mini,claude-3-5-haiku-*,mock-*"
 OPENAI_KEY_A = "sk-test-MATRIX-A-openai-1111"
 OPENAI_KEY_B = "sk-test-MATRIX-B-openai-2222"
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CLAUDE = {"model": "claude-3-5-haiku-20241022", "max_tokens": 8, "messages": []}
 HTTP = http_client()  # shared keep-alive client (building one per call is slow)
 

@@ -14,12 +14,11 @@ import httpx
 import pytest
 from conftest import Register
 from providers.mock import MockProviders
-from providers.relay import FAKE_KEY, Relay, User, http_client
+from providers.relay import CHAT, FAKE_KEY, Relay, User, http_client
 
 from byok_relay.crypto import TokenHasher
 
 HTTP = http_client()
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CACHE_TTL_S = 1.0  # the test relay's default CACHE_TTL_S
 
 

@@ -58,16 +58,14 @@ _STREAM_ERROR_EVENT = (
 
 
 @dataclass(frozen=True, slots=True)
-class Outbound:
-    """Everything needed to call the provider, decided before the call."""
+class Call:
+    """What a route decided to send: the provider, its path and the request's parts."""
 
     provider: Provider
-    session: aiohttp.ClientSession
-    url: str
-    headers: dict[str, str]
-    body: bytes | None
+    path: str
+    query: str
+    body: bytes
     model: str | None
-    stream_requested: bool
 
 
 class Relay:
@@ -111,13 +109,12 @@ class Relay:
             )
         self._require_credential_shape(request)
         body = await read_body(request, self.body_limit)
-        model, stream = _model_and_stream(request, body, self.allowlist.active)
+        model = _body_model(request, body, self.allowlist.active)
         if provider.name == "google":
             model = model_in_path(path) or model
-            stream = stream or path.endswith(":streamGenerateContent")
         self._check_model(provider.name, model)
         principal = await self._admit(request)
-        return await self._forward(request, principal, provider, path, query, body, model, stream)
+        return await self._forward(request, principal, Call(provider, path, query, body, model))
 
     async def unified_route(self, request: web.Request) -> web.StreamResponse:
         """POST /relay {model, ...}: pick the provider from `model`."""
@@ -156,7 +153,7 @@ class Relay:
             body = orjson.dumps(data)
         principal = await self._admit(request)
         return await self._forward(
-            request, principal, route.provider, route.path, "", body, route.model, stream
+            request, principal, Call(route.provider, route.path, "", body, route.model)
         )
 
     # --- admission -----------------------------------------------------------------
@@ -190,16 +187,10 @@ class Relay:
 
     # --- forwarding ----------------------------------------------------------------
     async def _outbound(
-        self,
-        request: web.Request,
-        principal: Principal,
-        provider: Provider,
-        path: str,
-        query: str,
-        body: bytes,
-        model: str | None,
-        stream: bool,
-    ) -> Outbound:
+        self, request: web.Request, principal: Principal, call: Call
+    ) -> tuple[aiohttp.ClientSession, str, dict[str, str]]:
+        """The session, URL and headers for the upstream request, the user's key in place."""
+        provider, path = call.provider, call.path
         try:
             key = await self.vault.get(principal.user_id, provider.name)
         except KeyUnreadable:
@@ -228,7 +219,7 @@ class Relay:
                 "drop x-relay-base-url, or store the key again with another base_url.",
             )
         session, url = self._target(provider, path, key.base_url or header_base)
-        params = _forwardable_query(query)
+        params = _forwardable_query(call.query)
         if provider.name == "google" and path.endswith(":streamGenerateContent"):
             if not any(k == "alt" for k, _ in params):
                 params.append(("alt", "sse"))
@@ -238,12 +229,12 @@ class Relay:
             lname = name.lower()
             if lname in pass_headers:
                 headers[lname] = value
-        if body and "content-type" not in headers:
+        if call.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
         _authorize(provider, key.secret, headers, params)
         if params:
             url += "?" + urlencode(params)
-        return Outbound(provider, session, url, headers, body or None, model, stream)
+        return session, url, headers
 
     def _target(
         self, provider: Provider, path: str, raw_base: str | None
@@ -288,30 +279,23 @@ class Relay:
             raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
 
     async def _forward(
-        self,
-        request: web.Request,
-        principal: Principal,
-        provider: Provider,
-        path: str,
-        query: str,
-        body: bytes,
-        model: str | None,
-        stream: bool,
+        self, request: web.Request, principal: Principal, call: Call
     ) -> web.StreamResponse:
+        provider = call.provider
         request["provider"] = provider.name
-        request["model"] = model
-        out = await self._outbound(request, principal, provider, path, query, body, model, stream)
+        request["model"] = call.model
+        session, url, headers = await self._outbound(request, principal, call)
         started = time.perf_counter()
         status = 502
         streamed = False
         meter = Meter()
         try:
             try:
-                upstream = await out.session.request(
+                upstream = await session.request(
                     request.method,
-                    out.url,
-                    data=out.body,
-                    headers=out.headers,
+                    url,
+                    data=call.body or None,
+                    headers=headers,
                     allow_redirects=False,
                 )
             except aiohttp.ClientConnectorError as exc:
@@ -343,7 +327,7 @@ class Relay:
                     user_id=principal.user_id,
                     app_id=principal.app_id,
                     provider=provider.name,
-                    model=model,
+                    model=call.model,
                     status=status,
                     latency_ms=int((time.perf_counter() - started) * 1000),
                     streaming=streamed,
@@ -416,32 +400,32 @@ _MULTIPART_MODEL = re.compile(
 )
 
 
-def _model_and_stream(request: web.Request, body: bytes, strict: bool) -> tuple[str | None, bool]:
-    """The `model` and `stream` of a request body, for the allowlist and the log.
+def _body_model(request: web.Request, body: bytes, strict: bool) -> str | None:
+    """The `model` of a request body, for the allowlist and the log.
 
     With `strict` (ALLOWED_MODELS set) the relay fails closed: a body that looks like
     JSON but cannot be read is refused rather than forwarded with an unchecked model.
     """
     if not body:
-        return None, False
+        return None
     ctype = request.content_type
     if ctype.startswith("multipart/form-data"):
         if not strict:
-            return None, False
+            return None
         m = _MULTIPART_MODEL.search(body)
-        return (m.group(1).decode("utf-8", "replace") if m else None), False
+        return m.group(1).decode("utf-8", "replace") if m else None
     if ctype == "application/x-www-form-urlencoded":
         if not strict:
-            return None, False
+            return None
         values = parse_qs(body.decode("utf-8", "replace")).get("model")
         if values:
-            return values[0], False
+            return values[0]
         # No form field: a JSON body mislabelled as a form is still read below.
     # A JSON object sent without a JSON content type is still read: providers parse it
     # (and an unlabelled body goes upstream as application/json), so ALLOWED_MODELS must.
     head = body[:64].lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
     if not (ctype.endswith("json") or head[:1] == b"{"):
-        return None, False
+        return None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -456,11 +440,11 @@ def _model_and_stream(request: web.Request, body: bytes, strict: bool) -> tuple[
                     "Request body is not valid JSON; this relay checks the model "
                     "(ALLOWED_MODELS), so it must be able to read the body.",
                 ) from None
-            return None, False  # the provider answers malformed bodies in its own words
+            return None  # the provider answers malformed bodies in its own words
     if not isinstance(data, dict):
-        return None, False
+        return None
     model = data.get("model")
-    return (model if isinstance(model, str) else None), data.get("stream") is True
+    return model if isinstance(model, str) else None
 
 
 def _forwardable_query(query: str) -> list[tuple[str, str]]:

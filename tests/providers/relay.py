@@ -339,3 +339,13 @@ class RelayEnv(Protocol):
 
 #: The ``register`` fixture: ``register(relay=None, app_id="test-app") -> User``.
 Register = Callable[..., User]
+
+
+# Request bodies the tests send most (the mocks answer them in each provider's format).
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+CLAUDE = {
+    "model": "claude-3-5-haiku-20241022",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
