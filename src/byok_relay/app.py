@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import re
 import time
@@ -231,7 +230,3 @@ def _http_error_message(exc: web.HTTPException, request: web.Request) -> str:
 def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
     allow = exc.headers.get("Allow")
     return {"Allow": allow} if allow else {}
-
-
-def silence_aiohttp_access_log() -> None:
-    logging.getLogger("aiohttp.access").disabled = True
