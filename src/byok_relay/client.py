@@ -428,9 +428,13 @@ class RelayClient:
             raise ValueError("register() needs an app_id (pass it here or to RelayClient)")
         headers = {"authorization": f"Bearer {self.app_secret}"} if self.app_secret else None
         data = await self._call("POST", "/users", {"app_id": aid}, headers=headers, auth=False)
+        return self._take_token(data, "POST /users")
+
+    def _take_token(self, data: Any, route: str) -> str:
+        """Keep the token (and its expiry) from a {token, expires_at} answer."""
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(token, str):
-            raise RelayError(200, "relay answered POST /users without a token", data)
+            raise RelayError(200, f"relay answered {route} without a token", data)
         self.token = token
         exp = data.get("expires_at")
         self.expires_at = int(exp) if isinstance(exp, int | float) else None
@@ -445,13 +449,7 @@ class RelayClient:
     async def rotate_token(self) -> str:
         """``POST /tokens/rotate``: new token for the same user (keys kept); the old one dies."""
         data = await self._call("POST", "/tokens/rotate")
-        token = data.get("token") if isinstance(data, dict) else None
-        if not isinstance(token, str):
-            raise RelayError(200, "relay answered POST /tokens/rotate without a token", data)
-        self.token = token
-        exp = data.get("expires_at")
-        self.expires_at = int(exp) if isinstance(exp, int | float) else None
-        return token
+        return self._take_token(data, "POST /tokens/rotate")
 
     async def revoke_token(self) -> Any:
         """``POST /tokens/revoke``: kill the current token at once, and forget it."""
