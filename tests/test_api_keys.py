@@ -6,23 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
 from conftest import Register
 from providers.mock import MockProviders
-from providers.relay import CHAT, Relay, http_client
+from providers.relay import CHAT, Relay, error_of, http_client
 
 HTTP = http_client()  # one shared keep-alive client (no per-call SSL setup)
 
 CHAT_PATH = "/relay/openai/v1/chat/completions"
-
-
-def error_of(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
-    assert "detail" not in body
-    return str(body["error"])
 
 
 def keys_of(relay: Relay, headers: dict[str, str]) -> dict[str, Any]:

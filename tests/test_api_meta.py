@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import httpx
 import pytest
 from conftest import StartRelay
-from providers.relay import Relay, http_client
+from providers.relay import Relay, error_of, http_client
 
 import byok_relay
 
@@ -45,15 +44,6 @@ SPEC_ROUTES = [
     ("GET", "/metrics"),
 ]
 _PARAM_VALUES = {"provider": "openai", "path": "v1/models", "app_id": "test-app"}
-
-
-def error_of(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
-    assert "detail" not in body
-    return str(body["error"])
 
 
 def concrete(template: str) -> str:

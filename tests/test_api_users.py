@@ -15,7 +15,7 @@ import pytest
 from backends import relay_db_rows
 from conftest import Register, StartRelay
 from providers.mock import MockProviders
-from providers.relay import CHAT, TEST_ENCRYPTION_SECRET, Relay, User, http_client
+from providers.relay import CHAT, TEST_ENCRYPTION_SECRET, Relay, User, error_of, http_client
 
 from byok_relay.crypto import TokenHasher
 
@@ -23,17 +23,6 @@ HTTP = http_client()  # one shared keep-alive client (no per-call SSL setup)
 
 DAY_MS = 86_400_000
 TOKEN_RE = re.compile(r"byok_rt_[A-Za-z0-9_-]{43,}")
-
-
-def error_of(response: httpx.Response, status: int) -> str:
-    """The relay's own error: the status, a JSON body {"error": str}, never {"detail"}."""
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
-    assert body["error"].strip()
-    assert "detail" not in body
-    return str(body["error"])
 
 
 class _Rows:

@@ -14,20 +14,12 @@ import httpx
 import pytest
 from conftest import Register
 from providers.mock import MockProviders
-from providers.relay import CHAT, FAKE_KEY, Relay, User, http_client
+from providers.relay import CHAT, FAKE_KEY, Relay, User, error_of, http_client
 
 from byok_relay.crypto import TokenHasher
 
 HTTP = http_client()
 CACHE_TTL_S = 1.0  # the test relay's default CACHE_TTL_S
-
-
-def error_of(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]
-    return str(body["error"])
 
 
 def token_hash(relay: Relay, token: str) -> str:

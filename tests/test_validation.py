@@ -14,21 +14,19 @@ import httpx
 import pytest
 from conftest import Register
 from providers.mock import MockProviders
-from providers.relay import Relay, User, http_client, register_user, relay_env, start_relay_process
+from providers.relay import (
+    Relay,
+    User,
+    error_of,
+    http_client,
+    register_user,
+    relay_env,
+    start_relay_process,
+)
 
 HTTP = http_client()  # one shared keep-alive client (no per-call SSL setup)
 
 SMALL_LIMIT = 4096
-
-
-def error_of(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
-    assert body["error"].strip()
-    assert "detail" not in body
-    return str(body["error"])
 
 
 @pytest.fixture(scope="module")

@@ -349,3 +349,15 @@ CLAUDE = {
     "messages": [{"role": "user", "content": "hi"}],
 }
 GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+
+def error_of(response: httpx.Response, status: int) -> str:
+    """The relay's own refusal: this status, a JSON body {"error": non-empty str}, never a
+    framework-default {"detail": …}. Returns the message."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
+    assert body["error"].strip()
+    assert "detail" not in body
+    return str(body["error"])
