@@ -586,21 +586,19 @@ INJECTION_INERT = {
 }
 
 
+def _messages_with_header(relay: Relay, user: User, header: bytes) -> Any:
+    """POST /relay/anthropic/v1/messages as raw bytes, with one extra raw header line."""
+    body = b'{"model":"claude-3-5-haiku-20241022","max_tokens":8,"messages":[]}'
+    head = [b"x-relay-token: " + user.token.encode(), b"content-type: application/json", header]
+    return raw_http(relay, request_bytes("POST", b"/relay/anthropic/v1/messages", head, body))
+
+
 @pytest.mark.parametrize("header", INJECTION_REFUSED.values(), ids=INJECTION_REFUSED.keys())
 def test_header_injection_refused(
     hardened: Relay, alice: User, mocks: MockProviders, header: bytes
 ) -> None:
     mocks.anthropic.clear()
-    body = b'{"model":"claude-3-5-haiku-20241022","max_tokens":8,"messages":[]}'
-    r = raw_http(
-        hardened,
-        request_bytes(
-            "POST",
-            b"/relay/anthropic/v1/messages",
-            [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json", header],
-            body,
-        ),
-    )
+    r = _messages_with_header(hardened, alice, header)
     assert r.status == 400, r
     assert mocks.anthropic.requests == []
     assert healthy(hardened)
@@ -611,16 +609,7 @@ def test_header_injection_inert_values_stay_one_header(
     hardened: Relay, alice: User, mocks: MockProviders, header: bytes
 ) -> None:
     mocks.anthropic.clear()
-    body = b'{"model":"claude-3-5-haiku-20241022","max_tokens":8,"messages":[]}'
-    r = raw_http(
-        hardened,
-        request_bytes(
-            "POST",
-            b"/relay/anthropic/v1/messages",
-            [b"x-relay-token: " + alice.token.encode(), b"content-type: application/json", header],
-            body,
-        ),
-    )
+    r = _messages_with_header(hardened, alice, header)
     assert r.status in (200, 400), r
     for seen in mocks.anthropic.requests:
         assert "x-injected" not in seen.headers
