@@ -152,8 +152,12 @@ def user_id_of(relay: Relay, token: str) -> str:
 def _start_many(mocks: MockProviders, factory: Any, configs: dict[str, dict[str, str]]) -> Any:
     """Start several relays in parallel (each start is mostly interpreter start-up)."""
 
+    # Directories first, in this thread: pytest creates its base temp dir lazily, and two
+    # threads doing that at once end up with different ones.
+    directories = {name: factory.mktemp(f"matrix-{name}") for name in configs}
+
     def start(name: str) -> Relay:
-        directory = factory.mktemp(f"matrix-{name}")
+        directory = directories[name]
         env = build_relay_env(mocks, directory, **configs[name])
         # Parallel starts on a busy CI machine: allow more than the default 15 s.
         return start_relay_process(env, directory, health_timeout=60)
