@@ -87,9 +87,23 @@ def test_health_deep(relay: Relay, deep: str) -> None:
     checks = body["checks"]
     assert checks["database"] == "ok"
     assert checks["rate_limits"] == "memory"
-    assert isinstance(checks["encryption_key_version"], str) and checks["encryption_key_version"]
+    # The key version fingerprints the secret: never shown to an anonymous caller.
+    assert "encryption_key_version" not in checks
     assert relay.env["ENCRYPTION_SECRET"] not in r.text
     assert str(relay.db_path) not in r.text
+
+
+def test_health_deep_shows_the_key_version_to_operators_only(start_relay: StartRelay) -> None:
+    metrics_token, app_secret = "meta-metrics-token-4c1d9e", "meta-app-secret-77ab02f1"
+    server = start_relay(METRICS_TOKEN=metrics_token, APP_SECRET=app_secret)
+    url = f"{server.url}/health?deep=1"
+    for secret in (metrics_token, app_secret):
+        checks = HTTP.get(url, headers={"authorization": f"Bearer {secret}"}).json()["checks"]
+        assert isinstance(checks["encryption_key_version"], str)
+        assert checks["encryption_key_version"]
+    for headers in ({}, {"authorization": "Bearer wrong-secret"}, {"x-relay-token": app_secret}):
+        r = HTTP.get(url, headers=headers)
+        assert r.status_code == 200 and "encryption_key_version" not in r.json()["checks"]
 
 
 def test_version(relay: Relay) -> None:

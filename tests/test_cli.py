@@ -108,7 +108,7 @@ def cli(
         raise WouldServe("configuration accepted: serve would have started")
 
     monkeypatch.setattr(cli_module, "configure_logging", lambda *_a, **_k: None)
-    monkeypatch.setattr(cli_module, "_startup_warnings", would_serve)
+    monkeypatch.setattr(cli_module, "_startup_notes", would_serve)
     yield InProcessCli(monkeypatch, capsys)
 
 

@@ -705,80 +705,90 @@ async def test_session_unrelated_errors_have_no_forbidden_cause() -> None:
 # ---------------------------------------------------------------- check_base_url
 
 
-def _fake_getaddrinfo(monkeypatch: pytest.MonkeyPatch, answer: list[str] | Exception) -> list[str]:
-    calls: list[str] = []
+class RaisingResolver(FakeResolver):
+    def __init__(self, error: Exception) -> None:
+        super().__init__([])
+        self.error = error
 
-    async def getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
-        calls.append(host)
-        if isinstance(answer, Exception):
-            raise answer
-        return [
-            (
-                socket.AF_INET6 if ":" in a else socket.AF_INET,
-                socket.SOCK_STREAM,
-                6,
-                "",
-                (a, port, 0, 0) if ":" in a else (a, port),
-            )
-            for a in answer
-        ]
-
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
-    return calls
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.calls.append(host)
+        raise self.error
 
 
-async def test_check_base_url_resolves_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_getaddrinfo(monkeypatch, ["93.184.216.34"])
-    base = await check_base_url("https://gw.example/api/", allow_private=False)
-    assert base == BaseURL("https", "gw.example", 443, "/api")
-    assert calls == ["gw.example"]
-
-
-async def test_check_base_url_refuses_private_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_getaddrinfo(monkeypatch, ["93.184.216.34", "10.0.0.7"])
-    with pytest.raises(ForbiddenUpstream) as info:
-        await check_base_url("https://gw.example/", allow_private=False)
-    assert "non-public" in str(info.value) and "10.0.0.7" not in str(info.value)
-    assert await check_base_url("http://gw.example/", allow_private=True)
-
-
-async def test_check_base_url_refuses_metadata_even_when_private_allowed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _fake_getaddrinfo(monkeypatch, ["fd00:ec2::254"])
-    with pytest.raises(ForbiddenUpstream):
-        await check_base_url("http://gw.example/", allow_private=True)
-
-
-async def test_check_base_url_unresolvable(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_getaddrinfo(monkeypatch, socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
-    with pytest.raises(ForbiddenUpstream, match="could not be resolved"):
-        await check_base_url("https://nope.example/", allow_private=False)
-    _fake_getaddrinfo(monkeypatch, [])
-    with pytest.raises(ForbiddenUpstream, match="could not be resolved"):
-        await check_base_url("https://nope.example/", allow_private=False)
-
-
-async def test_check_base_url_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def slow(*_: Any, **__: Any) -> list[Any]:
-        await asyncio.sleep(10)
+class HangingResolver(FakeResolver):
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        await asyncio.sleep(30)
         return []
 
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", slow)
-    with pytest.raises(ForbiddenUpstream, match="could not be resolved"):
-        await check_base_url("https://slow.example/", allow_private=False, dns_timeout=0.05)
+
+def _guard(fake: AbstractResolver, allow_private: bool = False, **kw: Any) -> GuardedResolver:
+    return GuardedResolver(allow_private=allow_private, resolver=fake, **kw)
 
 
-async def test_check_base_url_skips_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _fake_getaddrinfo(monkeypatch, AssertionError("must not resolve"))
-    await check_base_url("https://gw.example/", allow_private=False, resolve=False)
-    await check_base_url("https://8.8.8.8/", allow_private=False)
-    await check_base_url("https://[2606:4700:4700::1111]/", allow_private=False)
+async def test_check_base_url_resolves_once() -> None:
+    fake = FakeResolver(["93.184.216.34"])
+    base = await check_base_url(
+        "https://gw.example/api/", allow_private=False, resolver=_guard(fake)
+    )
+    assert base == BaseURL("https", "gw.example", 443, "/api")
+    assert fake.calls == ["gw.example"]
+
+
+async def test_check_base_url_refuses_private_answer() -> None:
+    fake = FakeResolver(["93.184.216.34", "10.0.0.7"])
+    with pytest.raises(ForbiddenUpstream) as info:
+        await check_base_url("https://gw.example/", allow_private=False, resolver=_guard(fake))
+    assert "non-public" in str(info.value) and "10.0.0.7" not in str(info.value)
+    lenient = _guard(fake, allow_private=True)
+    assert await check_base_url("http://gw.example/", allow_private=True, resolver=lenient)
+
+
+async def test_check_base_url_refuses_metadata_even_when_private_allowed() -> None:
+    lenient = _guard(FakeResolver(["fd00:ec2::254"]), allow_private=True)
     with pytest.raises(ForbiddenUpstream):
-        await check_base_url("https://localhost/", allow_private=False)  # refused by name
-    assert calls == []
+        await check_base_url("http://gw.example/", allow_private=True, resolver=lenient)
+
+
+async def test_check_base_url_unresolvable() -> None:
+    failing = _guard(RaisingResolver(OSError(None, "Domain name not found")))
+    with pytest.raises(ForbiddenUpstream, match="could not be resolved"):
+        await check_base_url("https://nope.example/", allow_private=False, resolver=failing)
+    with pytest.raises(ForbiddenUpstream, match="could not be resolved"):
+        await check_base_url(
+            "https://nope.example/", allow_private=False, resolver=_guard(FakeResolver([]))
+        )
+
+
+async def test_check_base_url_timeout() -> None:
+    # The guard bounds a resolver that never answers (c-ares has its own timeout too).
+    slow = _guard(HangingResolver([]), timeout=0.05)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ForbiddenUpstream, match="could not be resolved"):
+        await check_base_url("https://slow.example/", allow_private=False, resolver=slow)
+    assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_check_base_url_skips_lookup() -> None:
+    fake = RaisingResolver(AssertionError("must not resolve"))
+    await check_base_url("https://gw.example/", allow_private=False)  # no resolver: parse only
+    await check_base_url("https://8.8.8.8/", allow_private=False, resolver=_guard(fake))
+    await check_base_url(
+        "https://[2606:4700:4700::1111]/", allow_private=False, resolver=_guard(fake)
+    )
+    with pytest.raises(ForbiddenUpstream):  # refused by name, before any lookup
+        await check_base_url("https://localhost/", allow_private=False, resolver=_guard(fake))
+    assert fake.calls == []
 
 
 async def test_check_base_url_real_localhost() -> None:
-    base = await check_base_url("http://localhost:11434", allow_private=True)
+    # The real c-ares resolver reads /etc/hosts: localhost is loopback, allowed here.
+    resolver = GuardedResolver(allow_private=True)
+    try:
+        base = await check_base_url("http://localhost:11434", allow_private=True, resolver=resolver)
+    finally:
+        await resolver.close()
     assert base.join("/api/tags") == "http://localhost:11434/api/tags"

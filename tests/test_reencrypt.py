@@ -25,18 +25,18 @@ import httpx
 import pytest
 from conftest import RelayEnv, StartRelay
 from providers.mock import MockProviders
-from providers.relay import Relay, http_client, register_user
+from providers.relay import Relay, fake_secret, http_client, register_user
 
 from byok_relay.crypto import KeyCipher, SealedKey, TokenHasher, key_hint, new_token
 from byok_relay.storage import open_storage
 
 HTTP = http_client()
-SECRET_A = "test-only-secret-A-".ljust(64, "a")
-SECRET_B = "test-only-secret-B-".ljust(64, "b")
-SECRET_UNKNOWN = "test-only-secret-C-".ljust(64, "c")
+SECRET_A = fake_secret("secret-a")
+SECRET_B = fake_secret("secret-b")
+SECRET_UNKNOWN = fake_secret("secret-c")
 # Set explicitly, as `byok-relay init` does: token HMACs then survive a secret rotation
 # (see test_tokens_survive_rotation_without_token_hmac_secret for the unset case).
-HMAC_SECRET = "test-only-token-hmac-secret-".ljust(64, "h")
+HMAC_SECRET = fake_secret("token-hmac")
 VERSION_A = KeyCipher(SECRET_A).current_version
 VERSION_B = KeyCipher(SECRET_B).current_version
 RESULT_RE = re.compile(

@@ -294,13 +294,29 @@ def test_dot_segments_are_normalised_before_the_allowlist(
 
 
 def test_percent_encoded_upstream_path_is_not_double_decoded(
-    relay: Relay, shared_user: User, mocks: MockProviders
+    relay: Relay, register: Any, mocks: MockProviders
 ) -> None:
     """A client's %252e reaches the provider as %252e (literal '%2e'), never as '..'."""
-    raw = "/relay/google/v1beta/models/a%252e%252e:generateContent"
-    status, _, _ = _raw_request(relay, "POST", raw, shared_user.token, orjson.dumps(GEMINI))
-    assert status in (200, 404)
-    assert mocks.gemini.last_request.path == "/v1beta/models/a%252e%252e:generateContent"
+    user = register(relay)
+    user.store_key("elevenlabs", FAKE_KEY)
+    raw = "/relay/elevenlabs/v1/text-to-speech/a%252e%252e"
+    status, _, _ = _raw_request(relay, "POST", raw, user.token, orjson.dumps({"text": "hi"}))
+    assert status == 200
+    assert mocks.generic.last_request.path == "/v1/text-to-speech/a%252e%252e"
+
+
+def test_a_path_model_must_have_the_providers_model_shape(
+    relay: Relay, shared_user: User, mocks: MockProviders
+) -> None:
+    """{model} in a path is a model name, never path syntax or another method."""
+    for raw in (
+        "/relay/google/v1beta/models/a%252e%252e:generateContent",
+        "/relay/google/v1beta/models/gemini-2.0-flash:countTokens:generateContent",
+        "/relay/google/v1beta/models/..gemini:generateContent",
+    ):
+        status, body, _ = _raw_request(relay, "POST", raw, shared_user.token, orjson.dumps(GEMINI))
+        assert status == 403, (raw, body)
+    _no_upstream_calls(mocks)
 
 
 @pytest.mark.parametrize(

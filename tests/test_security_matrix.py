@@ -25,7 +25,15 @@ from typing import Any
 import httpx
 import pytest
 from providers.mock import MockProviders
-from providers.relay import CHAT, Relay, User, http_client, register_user, start_relay_process
+from providers.relay import (
+    CHAT,
+    Relay,
+    User,
+    fake_secret,
+    http_client,
+    register_user,
+    start_relay_process,
+)
 from providers.relay import relay_env as build_relay_env
 
 from byok_relay import crypto
@@ -189,7 +197,7 @@ def relays(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> It
             "hardened": {
                 "APP_SECRET": APP_SECRET,
                 "METRICS_TOKEN": METRICS_TOKEN,
-                "TOKEN_HMAC_SECRET": "matrix-token-hmac-secret-".ljust(48, "x"),
+                "TOKEN_HMAC_SECRET": fake_secret("matrix-token-hmac"),
                 "REQUEST_BODY_LIMIT_BYTES": str(BODY_LIMIT),
                 "ALLOWED_MODELS": ALLOWED_MODELS,
                 "CACHE_TTL_S": "0",  # SQLite edits below take effect at once
@@ -1182,6 +1190,9 @@ def test_trusted_cidr_believes_only_that_peer(relays: Any) -> None:
 
 
 def test_refused_path_or_model_costs_no_quota(relays: Any, mocks: MockProviders) -> None:
+    """A refused path or provider costs no quota at all (it is refused before the body
+    or the token is read); a refused model costs no per-token quota (it is refused after
+    authentication, so it counts against its address like any authenticated request)."""
     relay: Relay = relays["hops"]  # RATE_LIMIT_RELAY=2/minute, ALLOWED_MODELS=gpt-4o-mini
     token = _token(relay, "198.51.100.210")
     r = HTTP.post(
@@ -1192,23 +1203,25 @@ def test_refused_path_or_model_costs_no_quota(relays: Any, mocks: MockProviders)
     assert r.status_code == 200, r.text
     headers = {"x-relay-token": token, "x-forwarded-for": "198.51.100.5"}
     mocks.openai.clear()
-    for _ in range(6):
+    for _ in range(6):  # RATE_LIMIT_GLOBAL is 5/minute: none of these count
         error_of(HTTP.post(f"{relay.url}/relay/openai/v1/admin", json=CHAT, headers=headers), 403)
         error_of(
             HTTP.post(f"{relay.url}/relay/openai/v1/%2e%2e/x", json=CHAT, headers=headers), 403
         )
+        error_of(HTTP.post(f"{relay.url}/relay/nope/v1/x", json=CHAT, headers=headers), 400)
+    for i in range(3):  # each from its own address: they cost that address one request
+        other = {"x-relay-token": token, "x-forwarded-for": f"198.51.100.{220 + i}"}
         error_of(
-            HTTP.post(f"{relay.url}/relay", json={**CHAT, "model": "gpt-4o"}, headers=headers), 403
+            HTTP.post(f"{relay.url}/relay", json={**CHAT, "model": "gpt-4o"}, headers=other), 403
         )
         error_of(
             HTTP.post(
                 f"{relay.url}/relay/openai/v1/chat/completions",
                 json={**CHAT, "model": "o1"},
-                headers=headers,
+                headers=other,
             ),
             403,
         )
-        error_of(HTTP.post(f"{relay.url}/relay/nope/v1/x", json=CHAT, headers=headers), 400)
     assert mocks.openai.requests == []
     ok = [
         HTTP.post(f"{relay.url}/relay/openai/v1/chat/completions", json=CHAT, headers=headers)
@@ -1243,7 +1256,7 @@ def test_rate_limit_keys_hold_no_raw_token() -> None:
     # Source check backing SPEC §5: the relay limiter is keyed by the token's HMAC.
     from byok_relay import relay as relay_module
 
-    source = inspect.getsource(relay_module.Relay._admit)
+    source = inspect.getsource(relay_module.Relay)
     assert 'check("relay", principal.token_hash' in source
 
 

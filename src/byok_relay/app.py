@@ -110,6 +110,8 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
             return response
         except ApiError as exc:
             status = exc.status
+            if exc.hang_up:
+                return await _answer_and_hang_up(request, exc.response())
             return exc.response()
         except web.HTTPException as exc:
             # aiohttp's own refusals (404, 405, 413 …) in our JSON shape.
@@ -187,6 +189,15 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, make_handler(ep))
     return app
+
+
+async def _answer_and_hang_up(request: web.Request, response: web.Response) -> web.Response:
+    # Sent now, then the connection closed (close() flushes what is buffered): aiohttp
+    # would otherwise linger, waiting for the rest of a body that is not coming.
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 def _preflight(request: web.Request, cors: Cors) -> web.Response:

@@ -81,8 +81,11 @@ class Authenticator:
         return await self.principal_for(token_hash)
 
     async def _adopt_old_hash(self, token: str, token_hash: str) -> bool:
-        """A token hashed under a previous ENCRYPTION_SECRET: store its current hash."""
+        """A token hashed under a previous ENCRYPTION_SECRET: store its current hash.
+        Looked up first, so an unknown token costs reads, never a database write."""
         for old in self._hasher.previous_hashes(token):
+            if await self._storage.lookup_token(old) is None:
+                continue
             if await self._storage.rehash_token(old, token_hash):
                 return True
         return False

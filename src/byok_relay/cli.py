@@ -50,6 +50,7 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
     from aiohttp import web
 
     from byok_relay.app import build_app
+    from byok_relay.connections import HeadDeadline
     from byok_relay.drain import CLOSE_TIMEOUT_S, InFlight
 
     app = build_app(settings)
@@ -60,11 +61,15 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
         handler_cancellation=True,  # client gone → handler cancelled → upstream closed
         access_log=None,
         shutdown_timeout=CLOSE_TIMEOUT_S,  # after our own SHUTDOWN_GRACE_S wait below
+        keepalive_timeout=settings.KEEPALIVE_TIMEOUT_S,
     )
     try:
         await runner.setup()  # opens and migrates the database
     except (StorageUnavailable, OSError) as exc:
         raise StartError(_database_problem(exc)) from None
+    assert runner.server is not None
+    head_deadline = HeadDeadline(runner.server, settings.CLIENT_HEADER_TIMEOUT_S)
+    head_deadline.start()
     site = web.TCPSite(runner, settings.HOST, settings.PORT, reuse_port=reuse_port, backlog=4096)
     try:
         await site.start()
@@ -89,6 +94,7 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
     log_event("shutting down: no new connections; open streams may finish",
               grace_s=settings.SHUTDOWN_GRACE_S, open_requests=inflight.count)  # fmt: skip
     await site.stop()  # the listener closes now; open connections carry on
+    await head_deadline.stop()
     server = runner.server
     if server is not None and hasattr(server, "pre_shutdown"):
         server.pre_shutdown()  # idle keep-alives close; busy ones after their response
@@ -99,7 +105,10 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
     log_event("stopped")
 
 
-def _startup_warnings(settings: Settings) -> None:
+def _startup_notes(settings: Settings) -> None:
+    for name, url in sorted(settings.provider_base_urls.items()):
+        # Operators should see where keys go: a stale override is a silent leak.
+        log_event("provider upstream overridden", variable=f"PROVIDER_{name}_BASE_URL", url=url)
     if "*" in settings.allowed_origins:
         log_event(
             "ALLOWED_ORIGINS is * : any website can call this relay with a user's token. "
@@ -111,7 +120,7 @@ def _startup_warnings(settings: Settings) -> None:
 
 
 def _run_worker(settings: Settings, reuse_port: bool) -> None:
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.logger_levels)
     _install_uvloop()
     asyncio.run(_serve(settings, reuse_port))
 
@@ -125,9 +134,9 @@ def _install_uvloop() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.logger_levels)
     _check_providers(settings)
-    _startup_warnings(settings)
+    _startup_notes(settings)
     if settings.WORKERS == 1:
         _run_worker(settings, reuse_port=False)
         return 0
@@ -164,7 +173,7 @@ def _check_providers(settings: Settings) -> None:
     try:
         ProviderRegistry.load(settings.PROVIDERS_FILE, settings.provider_base_urls)
     except ProviderConfigError as exc:
-        raise ConfigError(f"PROVIDERS_FILE: {exc}") from None
+        raise ConfigError(str(exc)) from None
 
 
 # --- init ----------------------------------------------------------------------------
@@ -229,7 +238,7 @@ def cmd_reencrypt(args: argparse.Namespace) -> int:
     from byok_relay.rotation import reencrypt_all
 
     settings = _settings(args)
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.logger_levels)
     result = asyncio.run(reencrypt_all(settings, batch_size=args.batch_size))
     print(
         f"re-encrypted {result.rewritten} key(s); {result.remaining} left under older secrets; "

@@ -21,11 +21,32 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_FILE = ".env"
 DEFAULT_DATABASE_URL = "sqlite:///./data/relay.db"
 _PROVIDER_URL_VAR = re.compile(r"^PROVIDER_([A-Z0-9_]+)_BASE_URL$")
+_PROVIDER_URL_ANY_CASE = re.compile(r"^provider_(.+)_base_url$", re.IGNORECASE)
+#: zxcvbn's estimate of the guesses a secret takes, as a power of ten: below this it is
+#: "obviously weak" (a word, a repeat, a keyboard walk); `init` writes ~10^64.
+MIN_SECRET_GUESSES_LOG10 = 25.0
+_LOGGER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 _ORIGIN = re.compile(r"^https?://[^\s/?#@]+$")
 
 
 class ConfigError(Exception):
     """A configuration value is invalid; the message names the variable."""
+
+
+def secret_weakness(secret: str) -> str | None:
+    """Why a secret is obviously weak (zxcvbn's reading), or None when it is not."""
+    from zxcvbn import zxcvbn  # loaded only to check secrets, at start
+
+    sample = secret[:128]  # zxcvbn's cost grows fast with length; 128 is plenty
+    result = zxcvbn(sample, max_length=len(sample))
+    if result["guesses_log10"] >= MIN_SECRET_GUESSES_LOG10:
+        return None
+    warning = result["feedback"].get("warning") or "it follows a guessable pattern"
+    return (
+        f"is too easy to guess ({warning.rstrip('.')}); use 32 random bytes, e.g. "
+        "`byok-relay init` or python3 -c 'import secrets; print(secrets.token_hex(32))'"
+    )
 
 
 def _csv(value: str) -> list[str]:
@@ -66,9 +87,34 @@ class Settings(BaseSettings):
     )
     PORT: int = Field(3000, ge=1, le=65535, description="TCP port to listen on.")
     WORKERS: int = Field(1, ge=1, le=256, description="Worker processes sharing the port.")
-    LOG_LEVEL: str = Field("info", description="debug, info, warning or error.")
+    LOG_LEVEL: str = Field(
+        "info", description="debug, info, warning or error (the relay's own log lines)."
+    )
+    LOG_LEVELS: str = Field(
+        "",
+        description="Other libraries' loggers by name, e.g. aiohttp.client=debug "
+        "(comma list); every other library logs warnings only.",
+    )
     SHUTDOWN_GRACE_S: float = Field(
         30.0, ge=0, description="On SIGTERM, how long open streams may finish."
+    )
+    CLIENT_HEADER_TIMEOUT_S: float = Field(
+        60.0,
+        gt=0,
+        description="A new connection must send a complete request head within "
+        "this (nginx's client_header_timeout).",
+    )
+    CLIENT_BODY_TIMEOUT_S: float = Field(
+        75.0,
+        gt=0,
+        description="A request body that sends nothing for this long is refused "
+        "(408) and its connection closed.",
+    )
+    KEEPALIVE_TIMEOUT_S: float = Field(
+        75.0,
+        gt=0,
+        description="An idle keep-alive connection is closed after this "
+        "(nginx's keepalive_timeout).",
     )
 
     # --- storage ---------------------------------------------------------------
@@ -112,6 +158,14 @@ class Settings(BaseSettings):
     ALLOW_PRIVATE_UPSTREAMS: bool = Field(
         False, description="Allow http and private addresses in client-supplied base URLs."
     )
+    DNS_SERVERS: str = Field(
+        "",
+        description="Name servers (comma list of ip or ip:port) for client-supplied base "
+        "URLs; empty = the system's (/etc/resolv.conf).",
+    )
+    DNS_TIMEOUT_S: float = Field(
+        5.0, gt=0, le=60, description="Max time to resolve a client-supplied upstream host."
+    )
     PROVIDERS_FILE: Path | None = Field(None, description="TOML file of custom providers.")
     UPSTREAM_TIMEOUT_S: float = Field(
         120.0, gt=0, description="Max wait for provider headers (and between body reads)."
@@ -130,6 +184,13 @@ class Settings(BaseSettings):
     TRUSTED_PROXIES: str = Field(
         "", description="Hop count or comma list of CIDRs whose X-Forwarded-For is believed."
     )
+    RATE_LIMIT_IPV6_PREFIX: int = Field(
+        64,
+        ge=32,
+        le=128,
+        description="IPv6 clients are counted per network of this prefix length (one "
+        "subscriber usually holds a whole /64).",
+    )
 
     # --- build info (set by the Dockerfile or CI) ------------------------------
     BUILD_COMMIT: str = Field("unknown", description="Commit the build was made from.")
@@ -143,6 +204,9 @@ class Settings(BaseSettings):
     def _long_secret(cls, v: SecretStr) -> SecretStr:
         if len(v.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (run `byok-relay init`)")
+        weakness = secret_weakness(v.get_secret_value())
+        if weakness:
+            raise ValueError(weakness)
         return v
 
     @field_validator("TOKEN_HMAC_SECRET")
@@ -152,6 +216,9 @@ class Settings(BaseSettings):
             return None
         if v is not None and len(v.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters")
+        weakness = secret_weakness(v.get_secret_value()) if v is not None else None
+        if weakness:
+            raise ValueError(weakness)
         return v
 
     @field_validator("APP_SECRET", "METRICS_TOKEN")
@@ -174,9 +241,36 @@ class Settings(BaseSettings):
     @field_validator("LOG_LEVEL")
     @classmethod
     def _log_level(cls, v: str) -> str:
-        if v.lower() not in {"debug", "info", "warning", "error"}:
+        if v.lower() not in _LOG_LEVELS:
             raise ValueError("must be one of debug, info, warning, error")
         return v.lower()
+
+    @field_validator("LOG_LEVELS")
+    @classmethod
+    def _log_levels(cls, v: str) -> str:
+        for item in _csv(v):
+            name, sep, level = item.partition("=")
+            if not sep or not _LOGGER_NAME.match(name.strip()):
+                raise ValueError(f"{item!r} is not logger=level (e.g. aiohttp.client=debug)")
+            if level.strip().lower() not in _LOG_LEVELS:
+                raise ValueError(f"{item!r}: the level must be one of debug, info, warning, error")
+        return v
+
+    @field_validator("DNS_SERVERS")
+    @classmethod
+    def _dns_servers(cls, v: str) -> str:
+        for server in _csv(v):
+            host, port = _split_host_port(server)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(
+                    f"{server!r} is not an IP address with an optional port "
+                    "(1.1.1.1, 127.0.0.1:5353, [::1]:53)"
+                ) from None
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"{server!r} has an invalid port")
+        return v
 
     @field_validator("RATE_LIMIT_GLOBAL", "RATE_LIMIT_RELAY", "RATE_LIMIT_REGISTER")
     @classmethod
@@ -263,19 +357,60 @@ class Settings(BaseSettings):
     def previous_secrets(self) -> list[str]:
         return _csv(self.ENCRYPTION_SECRET_PREVIOUS)
 
+    @property
+    def dns_servers(self) -> list[str]:
+        return _csv(self.DNS_SERVERS)
+
+    @property
+    def logger_levels(self) -> dict[str, str]:
+        levels = {}
+        for item in _csv(self.LOG_LEVELS):
+            name, _, level = item.partition("=")
+            levels[name.strip()] = level.strip().lower()
+        return levels
+
     def rate(self, name: str) -> RateLimitItem:
         return parse(getattr(self, name))
 
 
+def _split_host_port(server: str) -> tuple[str, int | None]:
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif server.count(":") == 1:
+        host, _, port = server.partition(":")
+    else:
+        host, port = server, ""
+    if port and not port.isdigit():
+        return server, None
+    return host, int(port) if port else None
+
+
 def _provider_overrides(env: dict[str, str]) -> dict[str, str]:
-    """PROVIDER_<NAME>_BASE_URL → {name: url}; NAME upper-cased with '-' as '_'."""
+    """PROVIDER_<NAME>_BASE_URL → {name: url}; NAME upper-cased with '-' as '_'.
+
+    Variable names are case-sensitive: a lower-case spelling would be ignored silently
+    and the key sent to the real provider, so it stops the start instead."""
     found: dict[str, str] = {}
     for var, value in env.items():
         m = _PROVIDER_URL_VAR.match(var)
-        if m and value.strip():
-            if not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{var}: must be an http:// or https:// URL")
-            found[m.group(1)] = value.strip().rstrip("/")
+        if m is None:
+            if _PROVIDER_URL_ANY_CASE.match(var):
+                raise ConfigError(
+                    f"{var}: variable names are case-sensitive; "
+                    f"write {var.upper().replace('-', '_')}"
+                )
+            continue
+        url = value.strip().rstrip("/")
+        if not url:
+            continue
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{var}: must be an http:// or https:// URL")
+        if "?" in url or "#" in url:
+            raise ConfigError(f"{var}: must not have a query string or fragment")
+        if any(c.isspace() for c in url):
+            raise ConfigError(f"{var}: must not contain whitespace")
+        found[m.group(1)] = url
     return found
 
 

@@ -25,6 +25,7 @@ TOKEN_PREFIX = "byok_rt_"
 _TOKEN_BYTES = 32  # 256 bits of randomness
 TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # base64url of 32 bytes, unpadded
 _NONCE_BYTES = 12  # 96-bit GCM nonce, fresh per encryption
+_TAG_BYTES = 16
 _SALT = b"byok-relay/v1"
 # The exact shape new_token() produces: prefix + unpadded base64url, ASCII only.
 _TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
@@ -76,16 +77,20 @@ class KeyCipher:
         return SealedKey(self.current_version, nonce + ct)
 
     def open(self, sealed: SealedKey, user_id: str, provider: str) -> str:
-        aead = self._keys.get(sealed.version)
+        aead = self._keys.get(sealed.version) if isinstance(sealed.version, str) else None
         if aead is None:
             raise DecryptionError(
-                f"key version {sealed.version} is unknown: its secret is neither "
+                f"key version {str(sealed.version)[:16]!r} is unknown: its secret is neither "
                 "ENCRYPTION_SECRET nor in ENCRYPTION_SECRET_PREVIOUS"
             )
-        nonce, ct = sealed.blob[:_NONCE_BYTES], sealed.blob[_NONCE_BYTES:]
+        blob = sealed.blob
+        if not isinstance(blob, bytes) or len(blob) < _NONCE_BYTES + _TAG_BYTES:
+            # A truncated or mistyped row (a restore gone wrong, a hand edit).
+            raise DecryptionError("stored ciphertext is malformed (truncated or not binary)")
+        nonce, ct = blob[:_NONCE_BYTES], blob[_NONCE_BYTES:]
         try:
             return aead.decrypt(nonce, ct, _associated_data(user_id, provider)).decode("utf-8")
-        except InvalidTag:
+        except (InvalidTag, UnicodeDecodeError):
             raise DecryptionError("stored key failed authentication") from None
 
 

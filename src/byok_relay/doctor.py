@@ -102,8 +102,16 @@ async def _check_redis(settings: Settings, report: Report) -> None:
 async def run_doctor() -> int:
     report = Report()
     print("byok-relay doctor")
-    if not Path(ENV_FILE).exists():
+    env_file = Path(ENV_FILE)
+    if not env_file.exists():
         report.warn(f"no {ENV_FILE} in {os.getcwd()}: run `byok-relay init` to create one")
+    else:
+        mode = stat.S_IMODE(env_file.stat().st_mode)
+        if mode & 0o077:
+            report.warn(
+                f"{ENV_FILE} has mode {mode:o}: other users may read its secrets "
+                f"(chmod 600 {ENV_FILE})"
+            )
     try:
         settings = load_settings(ENV_FILE)
     except ConfigError as exc:
@@ -115,7 +123,7 @@ async def run_doctor() -> int:
         registry = ProviderRegistry.load(settings.PROVIDERS_FILE, settings.provider_base_urls)
         report.ok(f"{len(registry.names)} providers: {', '.join(registry.names)}")
     except ProviderConfigError as exc:
-        report.error(f"PROVIDERS_FILE: {exc}")
+        report.error(str(exc))
     for name, url in settings.provider_base_urls.items():
         report.ok(f"PROVIDER_{name}_BASE_URL overrides the upstream with {url}")
     if "*" in settings.allowed_origins:

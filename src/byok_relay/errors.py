@@ -16,12 +16,16 @@ class ApiError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         extra: Mapping[str, object] | None = None,
+        hang_up: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+        #: Close the connection right after this answer: the client is not sending
+        #: (a stalled body), so waiting to drain its request would hold the socket.
+        self.hang_up = hang_up
 
     def response(self) -> web.Response:
         return json_response({"error": self.message, **self.extra}, self.status, self.headers)

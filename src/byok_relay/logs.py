@@ -37,12 +37,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", loggers: dict[str, str] | None = None) -> None:
+    """LOG_LEVEL sets the relay's own loggers. Every other library logs warnings only,
+    unless LOG_LEVELS names it: at debug, database drivers log each statement with its
+    parameters (ciphertexts, token hashes), which must never appear by accident."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(logging.WARNING)
+    logger.setLevel(level.upper())
+    for name, named_level in (loggers or {}).items():
+        logging.getLogger(name).setLevel(named_level.upper())
     # aiohttp's own access log would duplicate ours (and print query strings).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 

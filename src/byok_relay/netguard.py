@@ -53,7 +53,7 @@ from typing import Final
 
 import idna
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp.resolver import AsyncResolver
 
 __all__ = [
     "MAX_URL_LENGTH",
@@ -463,12 +463,25 @@ class GuardedResolver(AbstractResolver):
 
     aiohttp does not call resolvers for IP-literal hosts; those are checked by
     :func:`parse_base_url`, which every client-supplied URL passes first.
+
+    Names are resolved by c-ares (aiodns), on the event loop, under ``timeout`` seconds:
+    a client naming a host whose name server never answers costs only its own request,
+    never a thread of the shared pool that other requests need (``getaddrinfo`` would).
     """
 
-    def __init__(self, *, allow_private: bool, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        resolver: AbstractResolver | None = None,
+        nameservers: list[str] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         self.allow_private = allow_private
         self._resolver = resolver
-        # The default resolver binds the running loop, so create it on first use.
+        self._nameservers = nameservers or None
+        self._timeout = timeout
+        # The c-ares channel binds the running loop, so create it on first use.
         self._owns_resolver = resolver is None
 
     async def resolve(
@@ -479,8 +492,15 @@ class GuardedResolver(AbstractResolver):
         if reason:
             raise ForbiddenAddress(f"Upstream host {_show(host)} is not allowed: {reason}.")
         if self._resolver is None:
-            self._resolver = DefaultResolver()
-        results = await self._resolver.resolve(host, port, family)
+            self._resolver = AsyncResolver(
+                nameservers=self._nameservers, timeout=self._timeout, tries=1
+            )
+        try:
+            # c-ares honours its own timeout; this bounds a misbehaving channel too.
+            async with asyncio.timeout(self._timeout + 1.0):
+                results = await self._resolver.resolve(host, port, family)
+        except TimeoutError:
+            raise OSError(f"Upstream host {_show(host)} could not be resolved in time.") from None
         if not results:
             raise OSError(f"Upstream host {_show(host)} could not be resolved.")
         for res in results:
@@ -506,28 +526,20 @@ class GuardedResolver(AbstractResolver):
 
 
 async def check_base_url(
-    raw: str, *, allow_private: bool, resolve: bool = True, dns_timeout: float = 5.0
+    raw: str, *, allow_private: bool, resolver: GuardedResolver | None = None
 ) -> BaseURL:
-    """:func:`parse_base_url`, then (if ``resolve``) resolve the host once and refuse
-    forbidden answers. For an immediate 400 when a ``base_url`` is stored; requests
-    are still guarded by :class:`GuardedResolver` at connect time.
+    """:func:`parse_base_url`, then (with a ``resolver``) resolve the host once through
+    it and refuse forbidden answers. For an immediate 400 when a ``base_url`` is stored;
+    requests are still guarded by :class:`GuardedResolver` at connect time.
     """
     base = parse_base_url(raw, allow_private=allow_private)
-    if not resolve or base.is_ip_literal:
+    if resolver is None or base.is_ip_literal:
         return base
-    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(dns_timeout):
-            infos = await loop.getaddrinfo(base.host, base.port, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError):
-        infos = []
-    if not infos:
-        raise ForbiddenUpstream(f"Upstream host {_show(base.host)} could not be resolved.")
-    for *_, sockaddr in infos:
-        addr = _addr(str(sockaddr[0]))
-        if is_forbidden_ip(addr, allow_private=allow_private):
-            raise ForbiddenUpstream(
-                f"Upstream host {_show(base.host)} is not allowed: "
-                "it resolves to a non-public address."
-            )
+        await resolver.resolve(base.host, base.port, socket.AF_UNSPEC)
+    except ForbiddenUpstream:
+        raise
+    except OSError:
+        host = _show(base.host)
+        raise ForbiddenUpstream(f"Upstream host {host} could not be resolved.") from None
     return base

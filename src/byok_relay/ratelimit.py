@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import math
 import time
+from functools import lru_cache
 
 from aiohttp import web
 from limits import RateLimitItem
@@ -126,9 +127,15 @@ def _redis_storage(url: str, key_prefix: str = "byok-relay") -> Storage:
 
 
 class ClientAddress:
-    """Who the client is: the peer, unless TRUSTED_PROXIES says X-Forwarded-For is real."""
+    """Who the client is: the peer, unless TRUSTED_PROXIES says X-Forwarded-For is real.
 
-    def __init__(self, trusted_proxies: str) -> None:
+    `bucket` is what per-address limits count: an IPv6 client by its network of
+    RATE_LIMIT_IPV6_PREFIX bits (one subscriber usually holds a whole /64, so counting
+    single addresses would hand it 2^64 allowances), an IPv4 client by its address."""
+
+    def __init__(self, trusted_proxies: str, ipv6_prefix: int = 64) -> None:
+        self._ipv6_prefix = ipv6_prefix
+        self.bucket_of = lru_cache(maxsize=65536)(self._bucket_of)
         spec = trusted_proxies.strip()
         self._hops = int(spec) if spec.isdigit() else 0
         self._networks = (
@@ -136,6 +143,21 @@ class ClientAddress:
             if spec and not spec.isdigit()
             else []
         )
+
+    def bucket(self, request: web.Request) -> str:
+        return self.bucket_of(self(request))
+
+    def _bucket_of(self, addr: str) -> str:
+        if ":" not in addr:
+            return addr
+        try:
+            ip = ipaddress.IPv6Address(addr.partition("%")[0])
+        except ValueError:
+            return addr
+        if ip.ipv4_mapped is not None:  # a dual-stack socket's IPv4 peer
+            return str(ip.ipv4_mapped)
+        network = ipaddress.IPv6Network((ip, self._ipv6_prefix), strict=False)
+        return str(network)
 
     def _trusted(self, addr: str) -> bool:
         try:

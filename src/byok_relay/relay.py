@@ -1,19 +1,20 @@
 """The hot path: credential → user → limits → key → upstream → stream back.
 
-Order matters. Checks that need neither the database nor a provider (unknown provider,
-refused path, malformed body, refused model) come first and cost no rate-limit quota;
-then the per-IP limit, the token lookup (cached), the per-token limit, the key (cached,
-decrypted once), and the upstream call. Bodies are forwarded as received; only the
-unified route rewrites `model`.
+Order matters (SECURITY.md, "What runs before authentication"). Checks that read neither
+the body nor the database (unknown provider, refused path, no credential) come first and
+cost no rate-limit quota; then the per-IP limit and the token lookup (cached). Only then
+is the body read and its model checked (ALLOWED_MODELS), so an unauthenticated request
+never costs a body parse; a refused model costs no per-token quota. Last come the
+per-token limit, the key (cached, decrypted once) and the upstream call. Bodies are
+forwarded as received; only the unified route rewrites them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qs, parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import orjson
@@ -27,16 +28,32 @@ from byok_relay.metering import Meter
 from byok_relay.netguard import forbidden_cause
 from byok_relay.providers import ModelAllowlist, ModelRouter, Provider, ProviderRegistry
 from byok_relay.providers.paths import PathRefused, encode_path, normalize_path
-from byok_relay.providers.routing import model_in_path
 from byok_relay.ratelimit import ClientAddress, RateLimiter
+from byok_relay.request_model import (
+    MAX_FORM_FIELDS,
+    Unreadable,
+    body_models,
+    check_model_name,
+    json_model,
+    query_model,
+)
 from byok_relay.storage import RequestLogRow
 from byok_relay.upstream import USER_AGENT, Upstream
 from byok_relay.usage import UsageRecorder
 from byok_relay.vault import KeyUnreadable, Vault
 
 _RELAY_PREFIX = "/relay/"
-# Query parameters that carry credentials are never forwarded (SPEC §2).
-_CREDENTIAL_PARAMS = frozenset({"key", "api_key", "apikey", "access_token", "token"})
+# Query parameters that carry credentials are never forwarded (SPEC §2): these names
+# (compared lower-case, '-' read as '_'), and any value that looks like a relay token.
+_CREDENTIAL_PARAMS = frozenset(
+    {
+        "key", "api_key", "apikey", "access_token", "token", "auth", "auth_token",
+        "authorization", "bearer", "id_token", "refresh_token", "session_token", "jwt",
+        "secret", "client_secret", "password", "x_relay_token", "relay_token",
+        "x_api_key", "x_goog_api_key", "xi_api_key", "openai_api_key", "anthropic_api_key",
+    }
+)  # fmt: skip
+_TOKEN_VALUE_PREFIXES = ("byok_rt_", "byok_st_")
 # Provider response headers worth passing back (plus the prefixes below).
 _PASS_RESPONSE = frozenset(
     {
@@ -63,7 +80,7 @@ class Call:
 
     provider: Provider
     path: str
-    query: str
+    params: list[tuple[str, str]]  # the query, credentials removed, as forwarded
     body: bytes
     model: str | None
 
@@ -87,8 +104,11 @@ class Relay:
         self.limiter = limiter
         self.usage = usage
         self.upstream = upstream
-        self.client_address = ClientAddress(settings.TRUSTED_PROXIES)
+        self.client_address = ClientAddress(
+            settings.TRUSTED_PROXIES, settings.RATE_LIMIT_IPV6_PREFIX
+        )
         self.body_limit = settings.REQUEST_BODY_LIMIT_BYTES
+        self.body_stall_s = settings.CLIENT_BODY_TIMEOUT_S
         self.supported = ", ".join(registry.names)
 
     # --- routes ------------------------------------------------------------------
@@ -97,37 +117,31 @@ class Relay:
         raw_path, _, query = request.raw_path.partition("?")
         name, _, tail = raw_path[len(_RELAY_PREFIX) :].partition("/")
         provider = self._provider(name)
-        try:
-            path = normalize_path("/" + tail)
-        except PathRefused as exc:
-            raise ApiError(403, str(exc)) from None
-        if not provider.matcher.allows(request.method, path):
-            raise ApiError(
-                403,
-                f'Path "{path}" ({request.method}) is not permitted for provider '
-                f'"{provider.name}": only inference and model-listing endpoints are relayed.',
-            )
+        path, path_model = self._allowed_path(provider, request.method, "/" + tail)
         self._require_credential_shape(request)
-        body = await read_body(request, self.body_limit)
-        model = _body_model(request, body, self.allowlist.active)
-        if provider.name == "google":
-            model = model_in_path(path) or model
-        self._check_model(provider.name, model)
         principal = await self._admit(request)
-        return await self._forward(request, principal, Call(provider, path, query, body, model))
+        params = _forwardable_query(query)
+        body = await read_body(request, self.body_limit, self.body_stall_s)
+        model = self._check_models(
+            provider, self._models(request, provider, path_model, params, body)
+        )
+        await self.limiter.check("relay", principal.token_hash[:32])
+        return await self._forward(request, principal, Call(provider, path, params, body, model))
 
     async def unified_route(self, request: web.Request) -> web.StreamResponse:
         """POST /relay {model, ...}: pick the provider from `model`."""
         self._require_credential_shape(request)
-        body = await read_body(request, self.body_limit)
+        principal = await self._admit(request)
+        body = await read_body(request, self.body_limit, self.body_stall_s)
         try:
-            data = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "Request body must be valid JSON.") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "Request body must be a JSON object with a model field.")
-        model = data.get("model")
-        if not isinstance(model, str) or not model:
+            # The model picks the route: read it strictly, whatever ALLOWED_MODELS says.
+            model = json_model(body, "model", strict=True) if body else None
+            data = orjson.loads(body.removeprefix(b"\xef\xbb\xbf")) if model else None
+        except (Unreadable, orjson.JSONDecodeError) as exc:
+            raise ApiError(
+                400, f"Request body must be a JSON object with a model field: {exc}"
+            ) from None
+        if model is None or not isinstance(data, dict):
             raise ApiError(
                 400,
                 'model field is required: use "provider/model-name" (e.g. '
@@ -142,19 +156,27 @@ class Relay:
                 f'Cannot route model "{model}": use "provider/model-name" or a recognised '
                 f"model name. Supported providers: {self.supported}. See GET /models.",
             )
-        self._check_model(route.provider.name, route.model)
-        if route.provider.name == "google":
-            # Gemini takes the model in the path and has no `model`/`stream` body fields.
-            data.pop("model", None)
-            data.pop("stream", None)
+        provider = route.provider
+        check_model_name(route.model)
+        if route.in_path and not re.fullmatch(provider.spec.model_shape, route.model):
+            raise ApiError(
+                400,
+                f'"{route.model}" is not a valid {provider.name} model name (letters, digits, '
+                "'.', '-' and '_'); a model name never carries path syntax.",
+            )
+        path, path_model = self._allowed_path(provider, "POST", route.path)
+        if route.in_path and path_model != route.model:
+            raise ApiError(400, f'"{route.model}" is not a valid {provider.name} model name.')
+        self._check_model(provider.name, route.model)
+        if route.in_path:
+            for field in provider.spec.unified_drop_fields:
+                data.pop(field, None)
             body = orjson.dumps(data)
         elif route.model != model:
             data["model"] = route.model
             body = orjson.dumps(data)
-        principal = await self._admit(request)
-        return await self._forward(
-            request, principal, Call(route.provider, route.path, "", body, route.model)
-        )
+        await self.limiter.check("relay", principal.token_hash[:32])
+        return await self._forward(request, principal, Call(provider, path, [], body, route.model))
 
     # --- admission -----------------------------------------------------------------
     def _provider(self, name: str) -> Provider:
@@ -162,6 +184,22 @@ class Relay:
         if provider is None:
             raise ApiError(400, f'Unsupported provider "{name}". Supported: {self.supported}.')
         return provider
+
+    def _allowed_path(self, provider: Provider, method: str, raw: str) -> tuple[str, str | None]:
+        """Every route ends here: the normalised path if the allowlist permits it, and the
+        model it names ({model} in the pattern)."""
+        try:
+            path = normalize_path(raw)
+        except PathRefused as exc:
+            raise ApiError(403, str(exc)) from None
+        match = provider.matcher.match(method, path)
+        if match is None:
+            raise ApiError(
+                403,
+                f'Path "{path}" ({method}) is not permitted for provider '
+                f'"{provider.name}": only inference and model-listing endpoints are relayed.',
+            )
+        return path, match.model
 
     def _require_credential_shape(self, request: web.Request) -> None:
         # Cheap, storage-free: a request with no credential at all is refused here.
@@ -174,14 +212,50 @@ class Relay:
         ):
             raise ApiError(401, MISSING_TOKEN)
 
+    def _models(
+        self,
+        request: web.Request,
+        provider: Provider,
+        path_model: str | None,
+        params: list[tuple[str, str]],
+        body: bytes,
+    ) -> list[str]:
+        """Every model the provider could read in this request (path, query, body)."""
+        strict = self.allowlist.active
+        spec = provider.spec
+        content_types = request.headers.getall("content-type", ())
+        if len(content_types) > 1:
+            raise ApiError(400, "Send one Content-Type header.")
+        models = [check_model_name(path_model)] if path_model is not None else []
+        try:
+            if spec.model_query is not None:
+                model = query_model(params, spec.model_query, strict)
+                if model is not None:
+                    models.append(model)
+            models += body_models(
+                content_types[0] if content_types else "", body, spec.model_field, strict
+            )
+        except Unreadable as exc:
+            raise ApiError(
+                400,
+                f"{exc} This relay checks the model of every request (ALLOWED_MODELS), "
+                "so it must be able to read it unambiguously.",
+            ) from None
+        return models
+
+    def _check_models(self, provider: Provider, models: list[str]) -> str | None:
+        """Refuse any model outside ALLOWED_MODELS; the first one names the request."""
+        for model in models:
+            self._check_model(provider.name, model)
+        return models[0] if models else None
+
     def _check_model(self, provider: str, model: str | None) -> None:
         if model is not None and not self.allowlist.allows(provider, model):
             raise ApiError(403, f'Model "{model}" is not allowed on this relay (see GET /models).')
 
     async def _admit(self, request: web.Request) -> Principal:
-        await self.limiter.check("global", self.client_address(request))
+        await self.limiter.check("global", self.client_address.bucket(request))
         principal = await self.auth.authenticate(request.headers)
-        await self.limiter.check("relay", principal.token_hash[:32])
         request["user_id"] = principal.user_id
         return principal
 
@@ -219,16 +293,16 @@ class Relay:
                 "drop x-relay-base-url, or store the key again with another base_url.",
             )
         session, url = self._target(provider, path, key.base_url or header_base)
-        params = _forwardable_query(call.query)
-        if provider.name == "google" and path.endswith(":streamGenerateContent"):
-            if not any(k == "alt" for k, _ in params):
-                params.append(("alt", "sse"))
+        params = list(call.params)
+        for suffix, name, value in provider.spec.default_query:
+            if path.endswith(suffix) and not any(k == name for k, _ in params):
+                params.append((name, value))
         headers = {"user-agent": USER_AGENT}
         pass_headers = provider.pass_headers
         for name, value in request.headers.items():
             lname = name.lower()
             if lname in pass_headers:
-                headers[lname] = value
+                headers.setdefault(lname, value)  # the first, as the relay read it
         if call.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
         _authorize(provider, key.secret, headers, params)
@@ -350,7 +424,11 @@ class Relay:
         length = upstream.content_length
         readable = "content-encoding" not in upstream.headers  # never decompressed here
         if not is_sse and length is not None and length <= _BUFFER_LIMIT:
-            data = await upstream.read()
+            try:
+                data = await upstream.read()
+            except (TimeoutError, aiohttp.ClientError):
+                # Fewer bytes than its Content-Length, or none in time: nothing sent yet.
+                raise ApiError(502, "The provider's answer was cut short; try again.") from None
             if readable and "json" in content_type:
                 meter.feed_json(data)
             return web.Response(body=data, status=upstream.status, headers=headers), False
@@ -393,65 +471,20 @@ def _authorize(
         params.append((provider.auth_query, secret))
 
 
-_MULTIPART_MODEL = re.compile(
-    rb'content-disposition:[ \t]*form-data;[ \t]*name="?model"?[^\r\n]*\r\n'
-    rb"(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n",
-    re.IGNORECASE,
-)
-
-
-def _body_model(request: web.Request, body: bytes, strict: bool) -> str | None:
-    """The `model` of a request body, for the allowlist and the log.
-
-    With `strict` (ALLOWED_MODELS set) the relay fails closed: a body that looks like
-    JSON but cannot be read is refused rather than forwarded with an unchecked model.
-    """
-    if not body:
-        return None
-    ctype = request.content_type
-    if ctype.startswith("multipart/form-data"):
-        if not strict:
-            return None
-        m = _MULTIPART_MODEL.search(body)
-        return m.group(1).decode("utf-8", "replace") if m else None
-    if ctype == "application/x-www-form-urlencoded":
-        if not strict:
-            return None
-        values = parse_qs(body.decode("utf-8", "replace")).get("model")
-        if values:
-            return values[0]
-        # No form field: a JSON body mislabelled as a form is still read below.
-    # A JSON object sent without a JSON content type is still read: providers parse it
-    # (and an unlabelled body goes upstream as application/json), so ALLOWED_MODELS must.
-    head = body[:64].lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
-    if not (ctype.endswith("json") or head[:1] == b"{"):
-        return None
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson refuses a BOM or a lone surrogate escape that lenient parsers (and so
-        # possibly the provider) accept: read those with the standard library.
-        try:
-            data = json.loads(body)
-        except ValueError:
-            if strict:
-                raise ApiError(
-                    400,
-                    "Request body is not valid JSON; this relay checks the model "
-                    "(ALLOWED_MODELS), so it must be able to read the body.",
-                ) from None
-            return None  # the provider answers malformed bodies in its own words
-    if not isinstance(data, dict):
-        return None
-    model = data.get("model")
-    return model if isinstance(model, str) else None
-
-
 def _forwardable_query(query: str) -> list[tuple[str, str]]:
+    """The query as forwarded (re-encoded from these pairs, so the provider reads exactly
+    what the relay read), without anything that looks like a credential."""
     if not query:
         return []
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise ApiError(
+            400, f"The query string has more than {MAX_FORM_FIELDS} parameters."
+        ) from None
     return [
         (k, v)
-        for k, v in parse_qsl(query, keep_blank_values=True)
-        if k.lower() not in _CREDENTIAL_PARAMS
+        for k, v in pairs
+        if k.strip().lower().replace("-", "_") not in _CREDENTIAL_PARAMS
+        and not v.startswith(_TOKEN_VALUE_PREFIXES)
     ]

@@ -32,6 +32,13 @@ class Upstream:
         )
         self.trusted: aiohttp.ClientSession | None = None
         self.guarded: aiohttp.ClientSession | None = None
+        #: Resolves (and checks) client-supplied hosts, for the guarded session and for
+        #: the check when a base_url is stored.
+        self.resolver = GuardedResolver(
+            allow_private=self._allow_private,
+            nameservers=settings.dns_servers,
+            timeout=settings.DNS_TIMEOUT_S,
+        )
         self.client_base = lru_cache(maxsize=4096)(self._client_base)
 
     def _session(self, resolver: aiohttp.abc.AbstractResolver | None) -> aiohttp.ClientSession:
@@ -53,12 +60,13 @@ class Upstream:
 
     async def start(self) -> None:
         self.trusted = self._session(None)
-        self.guarded = self._session(GuardedResolver(allow_private=self._allow_private))
+        self.guarded = self._session(self.resolver)
 
     async def close(self) -> None:
         for session in (self.trusted, self.guarded):
             if session is not None:
                 await session.close()
+        await self.resolver.close()
 
     def _client_base(self, raw: str) -> BaseURL:
         """Check a client-supplied base URL (cached: the same string gives the same answer;

@@ -7,12 +7,11 @@ written when it returns. Old rows are purged after REQUEST_LOG_RETENTION_DAYS.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
 from byok_relay.logs import log_event
+from byok_relay.periodic import Periodic
 from byok_relay.storage import RequestLogRow, Storage
 
 FLUSH_INTERVAL_S = 1.0
@@ -27,7 +26,7 @@ class UsageRecorder:
         self._retention_days = retention_days
         self._rows: list[RequestLogRow] = []
         self._last_used: dict[tuple[str, str], int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._writer = Periodic(FLUSH_INTERVAL_S, self._tick)
         self._last_purge = 0.0
         self.dropped = 0
 
@@ -76,22 +75,16 @@ class UsageRecorder:
         if removed:
             log_event("request log purged", removed=removed)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            await self.flush()
-            now = time.monotonic()
-            if now - self._last_purge > _PURGE_EVERY_S:
-                self._last_purge = now
-                await self._purge()
+    async def _tick(self) -> None:
+        await self.flush()
+        now = time.monotonic()
+        if now - self._last_purge > _PURGE_EVERY_S:
+            self._last_purge = now
+            await self._purge()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._writer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._writer.stop()
         await self.flush()

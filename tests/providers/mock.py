@@ -82,6 +82,8 @@ MOCK_REDIRECT: Final = "mock-redirect"
 MOCK_JSON_FOR_STREAM: Final = "mock-json-for-stream"
 #: A ~2 MiB JSON answer (the reply text is BIG_TEXT).
 MOCK_BIG: Final = "mock-big"
+#: 200 JSON whose Content-Length promises more bytes than are sent, then a TCP abort.
+MOCK_SHORT_BODY: Final = "mock-short-body"
 SWITCHES: Final = frozenset(
     {
         MOCK_SLOW,
@@ -93,6 +95,7 @@ SWITCHES: Final = frozenset(
         MOCK_REDIRECT,
         MOCK_JSON_FOR_STREAM,
         MOCK_BIG,
+        MOCK_SHORT_BODY,
     }
 )
 _STREAMING_SWITCHES: Final = frozenset({MOCK_SLOW, MOCK_LONG, MOCK_BREAK})
@@ -507,7 +510,7 @@ class MockProvider:
         if body and "json" in content_type.lower():
             try:
                 payload = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 payload = None
         form = parse_multipart(content_type, body)
         call = _Call(request, record, payload, form, None, request_id)
@@ -524,7 +527,19 @@ class MockProvider:
             return web.Response(status=302, headers={"Location": REDIRECT_LOCATION}, text="")
         if call.switch == MOCK_HANG:
             return await self._hang()
+        if call.switch == MOCK_SHORT_BODY:
+            return await self._short_body(call)
         return await handler(call)
+
+    async def _short_body(self, call: _Call) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        response.content_length = 1000
+        await response.prepare(call.request)
+        await response.write(b'{"id": "cut-short", "object": ')
+        transport = call.request.transport
+        if transport is not None:
+            transport.abort()
+        return response
 
     def _switch(self, call: _Call, path_model: str | None) -> str | None:
         candidates: list[str] = []

@@ -95,8 +95,10 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
             "(with curl: -H 'content-type: application/json').",
         )
     svc = request.app[SERVICES]
-    limit = svc.settings.REQUEST_BODY_LIMIT_BYTES
-    raw = await read_body(request, limit)
+    settings = svc.settings
+    raw = await read_body(
+        request, settings.REQUEST_BODY_LIMIT_BYTES, settings.CLIENT_BODY_TIMEOUT_S
+    )
     try:
         data = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
@@ -132,7 +134,7 @@ def make_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRe
     async def handle(request: web.Request) -> web.StreamResponse:
         svc = request.app[SERVICES]
         if ep.limited:
-            await svc.limiter.check("global", svc.client_address(request))
+            await svc.limiter.check("global", svc.client_address.bucket(request))
         kwargs: dict[str, Any] = {}
         if ep.auth == "token":
             principal: Principal = await svc.auth.authenticate(request.headers)

@@ -54,7 +54,11 @@ async def store_key(
                 "is fixed by the relay operator."
             )  # fmt: skip
         try:
-            await check_base_url(base_url, allow_private=svc.settings.ALLOW_PRIVATE_UPSTREAMS)
+            await check_base_url(
+                base_url,
+                allow_private=svc.settings.ALLOW_PRIVATE_UPSTREAMS,
+                resolver=svc.upstream.resolver,
+            )
         except ForbiddenUpstream as exc:
             raise ApiError(400, f"base_url refused: {exc}") from None
     await svc.vault.put(principal.user_id, provider.name, body.key, base_url)

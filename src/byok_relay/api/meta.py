@@ -28,7 +28,10 @@ _STATIC = files("byok_relay") / "static"
     errors=(503,),
 )
 async def health(request: web.Request, svc: Services) -> web.Response:
-    """200 when healthy, 503 (same shape, ok=false) when a deep check fails."""
+    """200 when healthy, 503 (same shape, ok=false) when a deep check fails. The
+    encryption key version (a fingerprint of the secret) is shown only to a caller with
+    `Authorization: Bearer <METRICS_TOKEN or APP_SECRET>`: anyone else could use it to
+    confirm a guessed ENCRYPTION_SECRET offline."""
     body: dict[str, Any] = {"ok": True, "version": __version__, "providers": svc.registry.names}
     if request.query.get("deep") in ("1", "true", "yes"):
         checks: dict[str, str] = {}
@@ -39,9 +42,15 @@ async def health(request: web.Request, svc: Services) -> web.Response:
             checks["database"] = f"unavailable ({type(exc).__name__})"
             body["ok"] = False
         checks["rate_limits"] = svc.limiter.backend
-        checks["encryption_key_version"] = svc.cipher.current_version
+        if _operator(request, svc):
+            checks["encryption_key_version"] = svc.cipher.current_version
         body["checks"] = checks
     return json_response(body, 200 if body["ok"] else 503)
+
+
+def _operator(request: web.Request, svc: Services) -> bool:
+    secrets = (svc.settings.METRICS_TOKEN, svc.settings.APP_SECRET)
+    return any(s is not None and bearer_matches(request, s.get_secret_value()) for s in secrets)
 
 
 @endpoint(
@@ -60,9 +69,7 @@ async def models(request: web.Request, svc: Services) -> dict[str, Any]:
     allow = svc.relay.allowlist
     return {
         "providers": svc.registry.names,
-        "providerPrefixes": [
-            p.name for p in svc.registry if p.spec.chat_path or p.name == "google"
-        ],
+        "providerPrefixes": [p.name for p in svc.registry if p.spec.chat_path],
         "patterns": [
             {"pattern": glob, "provider": provider, "path": path}
             for glob, provider, path in router.patterns

@@ -35,7 +35,7 @@ def _expiry(svc: Services, now: int) -> int | None:
 async def register(request: web.Request, svc: Services, body: RegisterRequest) -> TokenResponse:
     """Creates a user for `app_id`. When APP_SECRET is set, send
     `Authorization: Bearer <APP_SECRET>`. Registrations are limited per client address."""
-    await svc.limiter.check("register", svc.client_address(request))
+    await svc.limiter.check("register", svc.client_address.bucket(request))
     token = new_token()
     now = int(time.time() * 1000)
     expires_at = _expiry(svc, now)

@@ -65,15 +65,20 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
             p.replace("{v}", v)
             for v in ("v1", "v1beta")
             for p in (
-                "/{v}/models/*:generateContent",
-                "/{v}/models/*:streamGenerateContent",
-                "/{v}/models/*:countTokens",
-                "/{v}/models/*:embedContent",
-                "/{v}/models/*:batchEmbedContents",
+                "/{v}/models/{model}:generateContent",
+                "/{v}/models/{model}:streamGenerateContent",
+                "/{v}/models/{model}:countTokens",
+                "/{v}/models/{model}:embedContent",
+                "/{v}/models/{model}:batchEmbedContents",
                 "GET /{v}/models",
-                "GET /{v}/models/*",
+                "GET /{v}/models/{model}",
             )
         ),
+        # The model travels in the path; POST /relay drops it (and `stream`) from the body.
+        chat_path="/v1beta/models/{model}:generateContent",
+        stream_chat_path="/v1beta/models/{model}:streamGenerateContent",
+        unified_drop_fields=("model", "stream"),
+        default_query=((":streamGenerateContent", "alt", "sse"),),
         models=(ModelPattern("gemini-*"), ModelPattern("gemma-*")),
         verify_path="/v1beta/models",
     ),
@@ -221,6 +226,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
             "GET /v1/models",
         ),
         binary=True,
+        model_field="model_id",
         verify_path="/v1/user",
     ),
     ProviderSpec(
@@ -229,6 +235,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         auth_prefix="Token ",
         paths=("/v1/listen", "/v1/speak", "/v1/read", "GET /v1/models"),
         binary=True,
+        model_query="model",
         verify_path="/v1/projects",
     ),
     ProviderSpec(
@@ -237,9 +244,12 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         paths=(
             "/v1/chat/completions",
             "GET /v1/models",
-            "/hf-inference/models/**",
-            "/models/**",
+            "/hf-inference/models/{model}",
+            "/hf-inference/models/{model}/pipeline/*",
+            "/models/{model}",
         ),
+        # Hub ids: "name" or "org/name".
+        model_shape=r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?",
         binary=True,
         chat_path="/v1/chat/completions",
         verify_path="/v1/models",

@@ -7,7 +7,10 @@ Flow on every ``/relay/{provider}/{path}`` request::
     upstream_url = base + encode_path(path)
 
 ``normalize_path`` decodes percent-encoding exactly once and removes dot segments, so
-the allowlist sees the path the upstream server will see. Its result is *decoded*
+the allowlist sees the path the upstream server will see. A pattern may name where the
+model sits in the path (``/v1beta/models/{model}:generateContent``): the model must then
+have the provider's model shape, so a model name can never carry path syntax (``../``,
+a second ``:method``). Its result is *decoded*
 text (it may contain a literal ``%`` from a client's ``%25``); always send it upstream
 through :func:`encode_path` (and to yarl with ``encoded=True``) so it is re-encoded
 once and a client's ``%252e`` reaches the upstream as ``%252e``, not as ``..``.
@@ -22,6 +25,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 __all__ = [
     "MAX_PATH_LENGTH",
+    "PathMatch",
     "PathMatcher",
     "PathPatternError",
     "PathRefused",
@@ -91,7 +95,14 @@ def _normalize_slow(raw: str) -> str:
         raise PathRefused(
             "Path refused: control characters, whitespace, '?' and '#' are not allowed."
         )
+    if _DOTS_WITH_PARAMS.search(text):
+        # "..;x" is ".." to servers that strip path parameters (Tomcat, Spring, Jetty).
+        raise PathRefused("Path refused: dot segments with path parameters (';') are not allowed.")
     return _remove_dot_segments(text)
+
+
+# A segment of dots followed by ';' (e.g. "..;", ".;jsessionid=x").
+_DOTS_WITH_PARAMS: Final = re.compile(r"(?:^|/)\.+;")
 
 
 def _remove_dot_segments(path: str) -> str:
@@ -131,17 +142,32 @@ def encode_path(path: str) -> str:
 # ------------------------------------------------------------------------- allowlist
 
 _PATTERN_RE: Final = re.compile(r"(?:(?P<method>[A-Za-z]+|\*)\s+)?(?P<path>/\S*)")
+MODEL_PLACEHOLDER: Final = "{model}"
+#: The default shape of a model named in a path: one segment, no ':' (Gemini's method
+#: separator), no '%', starting with a letter or digit.
+DEFAULT_MODEL_SHAPE: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}"
 # `*` and `**` never match a dot segment, even if a caller skipped normalize_path.
 _SEG: Final = r"(?![.]{1,2}(?:/|\Z))[^/]+"
 _STAR_IN_SEGMENT: Final = r"[^/]+"
 _MULTI: Final = rf"{_SEG}(?:/{_SEG})*"
 
 
-def _pattern_regex(path: str, pattern: str) -> str:
+def _pattern_regex(path: str, pattern: str, model_group: str, model_shape: str) -> str:
     if "//" in path or any(c in path for c in "?#%\\") or any(c.isspace() for c in path):
         raise PathPatternError(f"path pattern {pattern!r} is malformed")
+    if path.count(MODEL_PLACEHOLDER) > 1:
+        raise PathPatternError(f"path pattern {pattern!r} names {{model}} more than once")
     parts: list[str] = []
     for seg in path[1:].split("/"):
+        if MODEL_PLACEHOLDER in seg:
+            before, _, after = seg.partition(MODEL_PLACEHOLDER)
+            if "*" in before or "*" in after or "{" in before + after:
+                raise PathPatternError(f"path pattern {pattern!r}: no '*' beside {{model}}")
+            group = f"(?P<{model_group}>{model_shape})"
+            parts.append(re.escape(before) + group + re.escape(after))
+            continue
+        if "{" in seg or "}" in seg:
+            raise PathPatternError(f"path pattern {pattern!r}: only {{model}} may be braced")
         if seg in (".", ".."):
             raise PathPatternError(f"path pattern {pattern!r} contains a dot segment")
         if seg == "**":
@@ -153,6 +179,18 @@ def _pattern_regex(path: str, pattern: str) -> str:
         else:
             parts.append(_STAR_IN_SEGMENT.join(re.escape(p) for p in seg.split("*")))
     return "/" + "/".join(parts)
+
+
+class PathMatch:
+    """An allowed path, and the model it names when its pattern has ``{model}``."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+
+
+_NO_MODEL: Final = PathMatch(None)
 
 
 class PathMatcher:
@@ -176,25 +214,41 @@ class PathMatcher:
         }
         self._any: re.Pattern[str] | None = compile_(any_method)
 
-    def allows(self, method: str, path: str) -> bool:
-        """True when ``path`` (a :func:`normalize_path` result) is allowed for ``method``."""
+    def match(self, method: str, path: str) -> PathMatch | None:
+        """The match when ``path`` (a :func:`normalize_path` result) is allowed for
+        ``method``; None when it is not."""
         try:
             rx = self._by_method[method]
         except KeyError:
             rx = self._by_method.get(method.upper(), self._any)
-        return rx is not None and rx.fullmatch(path) is not None
+        m = rx.fullmatch(path) if rx is not None else None
+        if m is None:
+            return None
+        # Each {model} group has its own name; the one that matched is the last group.
+        group = m.lastgroup
+        return PathMatch(m.group(group)) if group is not None else _NO_MODEL
+
+    def allows(self, method: str, path: str) -> bool:
+        return self.match(method, path) is not None
 
     def __repr__(self) -> str:
         return f"PathMatcher({list(self.patterns)!r})"
 
 
-def compile_path_patterns(patterns: Iterable[str]) -> PathMatcher:
+def compile_path_patterns(
+    patterns: Iterable[str], model_shape: str = DEFAULT_MODEL_SHAPE
+) -> PathMatcher:
     """Compile allowlist patterns; raise :class:`PathPatternError` (a ValueError).
 
     ``"/v1/messages"`` is POST only; ``"GET /v1/models"`` names the method; ``"* /x"``
-    allows any method. In the path, ``*`` matches a non-empty part of one segment and
-    ``**`` (a whole segment) one or more segments.
+    allows any method. In the path, ``*`` matches a non-empty part of one segment,
+    ``**`` (a whole segment) one or more segments, and ``{model}`` a model name of
+    ``model_shape`` (a regex), which :meth:`PathMatcher.match` returns.
     """
+    try:
+        re.compile(model_shape)
+    except re.error as exc:
+        raise PathPatternError(f"model shape {model_shape!r} is not a regex: {exc}") from None
     by_method: dict[str, list[str]] = {}
     any_method: list[str] = []
     kept: list[str] = []
@@ -205,7 +259,7 @@ def compile_path_patterns(patterns: Iterable[str]) -> PathMatcher:
                 f"path pattern {pattern!r} must look like '/v1/x' or 'GET /v1/x'"
             )
         method = (m["method"] or "POST").upper()
-        frag = _pattern_regex(m["path"], pattern)
+        frag = _pattern_regex(m["path"], pattern, f"model{len(kept)}", model_shape)
         kept.append(pattern)
         if method == "*":
             any_method.append(frag)

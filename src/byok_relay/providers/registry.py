@@ -20,7 +20,7 @@ COMMON_PASS_HEADERS = frozenset({"content-type", "accept", "accept-encoding", "i
 
 
 class ProviderConfigError(ValueError):
-    """PROVIDERS_FILE is malformed; the message says where."""
+    """PROVIDERS_FILE or a PROVIDER_<NAME>_BASE_URL is wrong; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Provider:
             spec=spec,
             name=spec.name,
             base_url=spec.base_url.rstrip("/") if spec.base_url else None,
-            matcher=compile_path_patterns(list(spec.paths)),
+            matcher=compile_path_patterns(spec.paths, spec.model_shape),
             pass_headers=COMMON_PASS_HEADERS | {h.lower() for h in spec.pass_headers},
             auth_header=spec.auth_header.lower() if spec.auth_header else None,
             auth_prefix=spec.auth_prefix,
@@ -74,9 +74,19 @@ class ProviderRegistry:
     ) -> ProviderRegistry:
         specs = {s.name: s for s in BUILTIN_PROVIDERS}
         if providers_file is not None:
-            for spec in load_providers_file(providers_file, specs):
-                specs[spec.name] = spec
+            try:
+                for spec in load_providers_file(providers_file, specs):
+                    specs[spec.name] = spec
+            except ProviderConfigError as exc:
+                raise ProviderConfigError(f"PROVIDERS_FILE: {exc}") from None
         overrides = base_url_overrides or {}
+        known = {env_name(name) for name in specs}
+        for var_name in sorted(set(overrides) - known):
+            # A typo would silently send keys to the real provider instead.
+            raise ProviderConfigError(
+                f"PROVIDER_{var_name}_BASE_URL names no provider; the names are "
+                + ", ".join(f"PROVIDER_{n}_BASE_URL" for n in sorted(known))
+            )
         for name, spec in list(specs.items()):
             url = overrides.get(env_name(name))
             if url:
@@ -102,6 +112,7 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
 _KNOWN_KEYS = {
     "base_url", "auth", "paths", "headers", "pass_headers", "binary",
     "chat_path", "models", "verify_path", "default_headers",
+    "model_field", "model_query", "model_shape",
 }  # fmt: skip
 
 
@@ -167,13 +178,18 @@ def load_providers_file(path: Path, existing: dict[str, ProviderSpec]) -> list[P
                 if not isinstance(entry[key], str) or not entry[key].startswith("/"):
                     raise ProviderConfigError(f"{where}.{key}: must be a path starting with /")
                 fields[key] = entry[key]
+        for key in ("model_field", "model_query", "model_shape"):
+            if key in entry:
+                if not isinstance(entry[key], str) or not entry[key]:
+                    raise ProviderConfigError(f"{where}.{key}: must be a non-empty string")
+                fields[key] = entry[key]
         if "models" in entry:
             fields["models"] = tuple(
                 ModelPattern(g) for g in _str_tuple(entry["models"], f"{where}.models")
             )
         try:
             spec = replace(base, **fields) if base else ProviderSpec(name=name, **fields)
-            compile_path_patterns(list(spec.paths))
+            compile_path_patterns(spec.paths, spec.model_shape)
         except (TypeError, ValueError) as exc:
             raise ProviderConfigError(f"{where}: {exc}") from None
         specs.append(spec)

@@ -36,23 +36,17 @@ class ModelAllowlist:
 @dataclass(frozen=True, slots=True)
 class Route:
     provider: Provider
-    path: str
+    path: str  # not yet checked: the relay normalises it and applies the path allowlist
     model: str  # the name sent upstream (provider prefix removed)
+    in_path: bool  # the model travels in the path (the body drops unified_drop_fields)
 
 
-_GEMINI_MODEL = re.compile(r"/models/([^/:]+)")
-
-
-def gemini_path(model: str, stream: bool) -> str:
-    if stream:
-        return f"/v1beta/models/{model}:streamGenerateContent"
-    return f"/v1beta/models/{model}:generateContent"
-
-
-def model_in_path(path: str) -> str | None:
-    """Gemini carries the model in the path: /v1beta/models/{model}:generateContent."""
-    m = _GEMINI_MODEL.search(path)
-    return m.group(1) if m else None
+def chat_target(provider: Provider, model: str, stream: bool, path: str | None) -> str | None:
+    """Where POST /relay sends a body for `model`: the pattern's path, else the provider's
+    (stream) chat path with `{model}` filled in; None when the provider has none."""
+    spec = provider.spec
+    template = path or (stream and spec.stream_chat_path) or spec.chat_path
+    return template.replace("{model}", model) if template else None
 
 
 class ModelRouter:
@@ -66,21 +60,24 @@ class ModelRouter:
             for g, name, path in self.patterns
         ]
 
-    def _path_for(self, provider: Provider, model: str, stream: bool, path: str | None) -> str:
-        if provider.name == "google":
-            return gemini_path(model, stream)
-        return path or provider.spec.chat_path or ""
+    def _route(
+        self, provider: Provider, model: str, stream: bool, path: str | None
+    ) -> Route | None:
+        target = chat_target(provider, model, stream, path)
+        if target is None:
+            return None
+        template = path or provider.spec.chat_path or ""
+        return Route(provider, target, model, "{model}" in template)
 
     def resolve(self, model: str, stream: bool) -> Route | None:
         prefix, sep, rest = model.partition("/")
         if sep:
             provider = self._registry.get(prefix.lower())
             if provider is not None and rest:
-                target = self._path_for(provider, rest, stream, None)
-                return Route(provider, target, rest) if target else None
+                return self._route(provider, rest, stream, None)
         for regex, name, path in self._compiled:
             if regex.match(model):
                 provider = self._registry.get(name)
                 if provider is not None:
-                    return Route(provider, self._path_for(provider, model, stream, path), model)
+                    return self._route(provider, model, stream, path)
         return None

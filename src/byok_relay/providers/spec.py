@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from byok_relay.providers.paths import DEFAULT_MODEL_SHAPE
+
 
 @dataclass(frozen=True)
 class ModelPattern:
@@ -24,8 +26,13 @@ class ProviderSpec:
     auth_prefix: str = "Bearer "
     auth_query: str | None = None
     # Allow-listed paths: "/v1/x" (POST), "GET /v1/models", "* /x"; `*` one segment part,
-    # `**` any number of segments.
+    # `**` any number of segments, `{model}` a model name of `model_shape`.
     paths: tuple[str, ...] = ()
+    # Where a request names its model, read as the provider reads it (ALLOWED_MODELS and
+    # token scopes check it): `{model}` in a path, a query parameter, a body field.
+    model_shape: str = DEFAULT_MODEL_SHAPE  # regex for a model named in a path
+    model_query: str | None = None
+    model_field: str = "model"
     # Client headers passed upstream besides the common ones (lower-case names).
     pass_headers: tuple[str, ...] = ()
     # Sent when the client sent none (e.g. anthropic-version).
@@ -34,7 +41,13 @@ class ProviderSpec:
     fixed_headers: Mapping[str, str] = field(default_factory=dict)
     binary: bool = False  # audio/images: bodies pass byte for byte (documentation only)
     takes_base_url: bool = False  # accepts a stored base_url / x-relay-base-url
-    chat_path: str | None = None  # where POST /relay sends "provider/model" bodies
+    # Where POST /relay sends "provider/model" bodies; `{model}` puts the model in the
+    # path, and then `unified_drop_fields` leave the body (the path carries them).
+    chat_path: str | None = None
+    stream_chat_path: str | None = None  # instead of chat_path for "stream": true
+    unified_drop_fields: tuple[str, ...] = ()
+    # Query parameters added when the client sent none: (path suffix, name, value).
+    default_query: tuple[tuple[str, str, str], ...] = ()
     models: tuple[ModelPattern, ...] = ()  # bare-name routing for POST /relay
     verify_path: str | None = None  # cheap authenticated GET to check a key
     builtin: bool = True

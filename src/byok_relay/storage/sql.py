@@ -181,7 +181,7 @@ class SQLStorage(Storage):
                 " WHERE user_id = ? AND provider = ?",
                 (user_id, provider),
             )
-        return StoredKey(row[0], bytes(row[1]), row[2]) if row else None
+        return StoredKey(row[0], _blob(row[1]), row[2]) if row else None
 
     async def list_keys(self, user_id: str) -> list[KeyInfo]:
         async with self._read() as tx:
@@ -210,7 +210,7 @@ class SQLStorage(Storage):
                 " ORDER BY user_id, provider LIMIT ?",
                 (version, after[0], after[0], after[1], limit),
             )
-        return [SealedRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+        return [SealedRow(r[0], r[1], r[2], _blob(r[3])) for r in rows]
 
     async def replace_sealed_keys(self, rows: list[tuple[SealedRow, str, bytes]]) -> int:
         changed = 0
@@ -325,3 +325,13 @@ class SQLStorage(Storage):
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+def _blob(value: Any) -> bytes:
+    """A ciphertext column as bytes; a mistyped value (TEXT where a BLOB belongs, after a
+    bad restore) becomes bytes that fail to decrypt with a clear error, not a crash."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return b""
