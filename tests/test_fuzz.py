@@ -19,8 +19,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from providers.mock import MockProviders
-from providers.relay import Relay, http_client, register_user, start_relay_process
-from providers.relay import relay_env as build_relay_env
+from providers.relay import Relay, http_client, register_user, relay_process
 from schemathesis import GenerationMode
 
 import byok_relay.app  # noqa: F401  (registers every endpoint)
@@ -66,19 +65,14 @@ APP_SECRET_ROUTES = {("POST", "/users"), ("GET", "/stats/{app_id}")}
 
 @pytest.fixture(scope="module")
 def fuzz_relay(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    directory = tmp_path_factory.mktemp("fuzz")
-    env = build_relay_env(
+    with relay_process(
         mocks,
-        directory,
+        tmp_path_factory.mktemp("fuzz"),
         APP_SECRET=APP_SECRET,
         UPSTREAM_TIMEOUT_S="5",
         UPSTREAM_CONNECT_TIMEOUT_S="2",
-    )
-    relay = start_relay_process(env, directory, health_timeout=60)
-    try:
+    ) as relay:
         yield relay
-    finally:
-        relay.kill()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import re
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,14 +32,15 @@ from providers.relay import (
     FAKE_KEY,
     Relay,
     User,
+    error_of,
     fake_secret,
     http_client,
     register_user,
-    start_relay_process,
+    relay_process,
 )
-from providers.relay import relay_env as build_relay_env
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
+from test_cli import run_cli
 
 from byok_relay.providers import ProviderRegistry
 
@@ -61,23 +61,12 @@ def allowed(model: str) -> bool:
     )
 
 
-def error_of(response: httpx.Response, *statuses: int) -> str:
-    assert response.status_code in statuses, (response.status_code, response.text[:300])
-    assert response.headers["content-type"].startswith("application/json")
-    message = response.json()["error"]
-    assert isinstance(message, str) and message
-    return message
-
-
 @pytest.fixture(scope="module")
 def strict(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    directory = tmp_path_factory.mktemp("hardening")
-    env = build_relay_env(mocks, directory, ALLOWED_MODELS=",".join(ALLOWED), CACHE_TTL_S="0")
-    relay = start_relay_process(env, directory, health_timeout=60)
-    try:
+    with relay_process(
+        mocks, tmp_path_factory.mktemp("hardening"), ALLOWED_MODELS=",".join(ALLOWED)
+    ) as relay:
         yield relay
-    finally:
-        relay.stop(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +131,8 @@ def test_multipart_scan_never_freezes_the_relay(
     sent = {**(headers or alice.headers), "content-type": "multipart/form-data; boundary=B"}
     with health_watch(strict) as latencies:
         r = HTTP.post(f"{strict.url}{UPLOAD_PATH}", content=body, headers=sent, timeout=60)
-    assert r.status_code in (200, 400, 401, 403), (name, r.status_code)  # never a 500
+    if r.status_code != 200:  # forwarded (no model field) or refused in JSON, never a 500
+        error_of(r, (400, 401, 403))
     assert latencies and max(latencies) < 1.0, (name, max(latencies))
 
 
@@ -204,7 +194,7 @@ def test_unified_model_cannot_carry_path_syntax(
     r = HTTP.post(
         f"{strict.url}/relay", json={"model": model, "contents": []}, headers=alice.headers
     )
-    error_of(r, 400, 403)
+    error_of(r, (400, 403))
     assert mocks.gemini.requests == []
 
 
@@ -316,7 +306,7 @@ def test_json_model_bypasses_are_closed(
     r = HTTP.post(f"{strict.url}{CHAT_PATH}", content=body, headers={**alice.headers, **headers})
     sent = _forwarded(mocks)
     if sent is None:
-        error_of(r, 400, 403)
+        error_of(r, (400, 403))
         return
     readings = _json_readings(sent.body)
     assert all(allowed(m) for m in readings), (readings, body[:200])
@@ -451,7 +441,7 @@ def test_multipart_model_bypasses_are_closed(
     )
     sent = _forwarded(mocks)
     if sent is None:
-        error_of(r, 400, 403)
+        error_of(r, (400, 403))
         return
     readings = _multipart_readings(sent.headers["content-type"], sent.body)
     assert all(allowed(m) for m in readings), (readings, body[:300])
@@ -499,7 +489,7 @@ def test_models_outside_the_body_are_checked(
     if ok:
         assert r.status_code == 200, r.text
     else:
-        error_of(r, 400, 403)
+        error_of(r, (400, 403))
         assert not (mocks.generic.requests or mocks.gemini.requests)
 
 
@@ -517,6 +507,87 @@ def test_one_content_type(strict: Relay, alice: User, mocks: MockProviders) -> N
         answer = sock.recv(65536)
     assert answer.split(b" ")[1] == b"400", answer[:200]  # aiohttp refuses it first
     assert mocks.openai.requests == []
+
+
+def _part(disposition: bytes, value: bytes, extra: bytes = b"", nl: bytes = b"\r\n") -> bytes:
+    return b"--B" + nl + b"content-disposition: " + disposition + nl + extra + nl + value + nl
+
+
+_MP = "multipart/form-data; boundary=B"
+_FILE = _part(b'form-data; name="file"; filename="a.wav"', b"RIFF")
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "phrase"),
+    [
+        (CHAT_PATH, "application/json", b'{"model": ["gpt-4o-mini"]}', "must be a string"),
+        (CHAT_PATH, "application/json", b'{"model": "gpt-4o-mini", "x": "\xff"}', "UTF-8 JSON"),
+        (CHAT_PATH, "text/plain", '{"model":"gpt-4o"}'.encode("utf-16"), "must be UTF-8"),
+        (CHAT_PATH, "application/x-www-form-urlencoded", b"a=1;model=gpt-4o", "raw ';'"),
+        (CHAT_PATH, "application/x-www-form-urlencoded", b"a=1&" * 1001, "too many fields"),
+        (UPLOAD_PATH, "multipart/form-data", _FILE + b"--B--\r\n", "one boundary"),
+        (UPLOAD_PATH, _MP, b"no delimiter at all", "no part"),
+        (UPLOAD_PATH, _MP, _part(b'form-data; name="f"', b"v") * 300, "more than 256"),
+        (
+            UPLOAD_PATH,
+            _MP,
+            _part(b'form-data; name="model"; filename="m"', b"whisper-1") + _FILE,
+            "plain form field",
+        ),
+        (
+            UPLOAD_PATH,
+            _MP,
+            _part(
+                b'form-data; name="model"',
+                b"d2hpc3Blci0x",
+                b"content-transfer-encoding: base64\r\n",
+            )
+            + _FILE,
+            "Content-Transfer-Encoding",
+        ),
+        (
+            UPLOAD_PATH,
+            _MP,
+            _part(b'form-data; name="model"', b"whisper-1\n\nx") + _FILE,
+            "CRLF and LF",
+        ),
+        (UPLOAD_PATH, _MP, _part(b'form-data; name="model"', b"\xff\xfe") + _FILE, "UTF-8"),
+        (
+            UPLOAD_PATH,
+            _MP,
+            _part(b'form-data; name="model"', b"whisper-1") * 2 + _FILE,
+            "more than one",
+        ),
+        (
+            UPLOAD_PATH,
+            _MP,
+            _part(b'form-data; name="x"; name="model"', b"whisper-1") + _FILE,
+            "ambiguously",
+        ),
+    ],
+)
+def test_unreadable_models_get_a_400_that_says_what_to_send(
+    strict: Relay,
+    alice: User,
+    mocks: MockProviders,
+    path: str,
+    content_type: str,
+    body: bytes,
+    phrase: str,
+) -> None:
+    mocks.openai.clear()
+    r = HTTP.post(
+        f"{strict.url}{path}", content=body, headers={**alice.headers, "content-type": content_type}
+    )
+    message = error_of(r, 400)
+    assert phrase in message and "ALLOWED_MODELS" in message, message
+    assert mocks.openai.requests == []
+
+
+def test_a_query_of_too_many_parameters_is_400(relay: Relay, user: User) -> None:
+    query = "&".join(f"p{i}=1" for i in range(1001))
+    r = HTTP.get(f"{relay.url}/relay/openai/v1/models?{query}", headers=user.headers)
+    assert "1000 parameters" in error_of(r, 400)
 
 
 # --- paths: generated traversal spellings ---------------------------------------------
@@ -714,19 +785,14 @@ def test_ipv6_clients_are_counted_per_network(
 
 @pytest.fixture(scope="module")
 def impatient(mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    directory = tmp_path_factory.mktemp("impatient")
-    env = build_relay_env(
+    with relay_process(
         mocks,
-        directory,
+        tmp_path_factory.mktemp("impatient"),
         CLIENT_HEADER_TIMEOUT_S="1",
         CLIENT_BODY_TIMEOUT_S="1",
         KEEPALIVE_TIMEOUT_S="1.5",
-    )
-    relay = start_relay_process(env, directory, health_timeout=60)
-    try:
+    ) as relay:
         yield relay
-    finally:
-        relay.stop(timeout=10)
 
 
 def _closed_within(sock: socket.socket, limit_s: float) -> tuple[float, bytes]:
@@ -762,7 +828,9 @@ def test_a_stalled_body_gets_408_and_a_closed_connection(impatient: Relay, regis
         elapsed, received = _closed_within(sock, 10)
     assert elapsed < 5
     assert received.startswith(b"HTTP/1.1 408"), received[:200]
-    assert b"CLIENT_BODY_TIMEOUT_S" in received
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"application/json" in head.lower()
+    assert "CLIENT_BODY_TIMEOUT_S" in json.loads(body)["error"]
 
 
 def test_idle_keep_alive_connections_are_closed(impatient: Relay) -> None:
@@ -820,22 +888,14 @@ def test_named_loggers_can_be_raised(start_relay: Any, register: Any) -> None:
 # ======================================================================================
 
 
-def run_cli(cwd: Path, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+def cli(cwd: Path, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """`python -m byok_relay …` with a good configuration, changed by `env`."""
     base: dict[str, str | None] = {
-        "PATH": "/usr/bin:/bin",
         "ENCRYPTION_SECRET": fake_secret("cli"),
         "DATABASE_URL": f"sqlite:///{cwd / 'relay.db'}",
         "PORT": "1",  # never reached: every case fails its checks first
     }
-    return subprocess.run(
-        [sys.executable, "-m", "byok_relay", *args],
-        cwd=cwd,
-        env={k: v for k, v in {**base, **env}.items() if v is not None},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(cwd, *args, timeout=60, **{**base, **env})
 
 
 @pytest.mark.parametrize(
@@ -850,11 +910,11 @@ def run_cli(cwd: Path, *args: str, **env: str | None) -> subprocess.CompletedPro
 )
 @pytest.mark.parametrize("variable", ["ENCRYPTION_SECRET", "TOKEN_HMAC_SECRET"])
 def test_obviously_weak_secrets_stop_the_start(tmp_path: Path, secret: str, variable: str) -> None:
-    serve = run_cli(tmp_path, "serve", **{variable: secret})
+    serve = cli(tmp_path, "serve", **{variable: secret})
     assert serve.returncode == 2
     (line,) = serve.stderr.strip().splitlines()
     assert variable in line and "too easy to guess" in line and secret not in line
-    doctor = run_cli(tmp_path, "doctor", **{variable: secret})
+    doctor = cli(tmp_path, "doctor", **{variable: secret})
     assert doctor.returncode == 1
     assert "too easy to guess" in doctor.stdout and "secrets.token_hex" in doctor.stdout
 
@@ -871,11 +931,11 @@ def test_obviously_weak_secrets_stop_the_start(tmp_path: Path, secret: str, vari
 def test_provider_overrides_that_cannot_be_right_stop_the_start(
     tmp_path: Path, env: dict[str, str], needle: str
 ) -> None:
-    serve = run_cli(tmp_path, "serve", **env)
+    serve = cli(tmp_path, "serve", **env)
     assert serve.returncode == 2, serve.stderr
     (line,) = serve.stderr.strip().splitlines()
     assert needle in line
-    doctor = run_cli(tmp_path, "doctor", **env)
+    doctor = cli(tmp_path, "doctor", **env)
     assert doctor.returncode == 1 and needle in doctor.stdout
 
 
@@ -883,10 +943,10 @@ def test_doctor_warns_about_a_readable_env_file(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text(f"ENCRYPTION_SECRET={fake_secret('dotenv')}\n")
     env_file.chmod(0o644)
-    doctor = run_cli(tmp_path, "doctor", ENCRYPTION_SECRET=None)
+    doctor = cli(tmp_path, "doctor", ENCRYPTION_SECRET=None)
     assert "other users may read its secrets" in doctor.stdout
     env_file.chmod(0o600)
-    assert "other users may read" not in run_cli(tmp_path, "doctor", ENCRYPTION_SECRET=None).stdout
+    assert "other users may read" not in cli(tmp_path, "doctor", ENCRYPTION_SECRET=None).stdout
 
 
 def test_serve_logs_the_active_overrides(relay: Relay) -> None:
@@ -943,7 +1003,7 @@ def test_a_damaged_key_row_gives_that_keys_clear_error(
     assert other.status_code == 200  # only that key is affected
     relay.stop()
     # reencrypt to a new secret skips the damaged row, reports it, and converts the rest.
-    result = run_cli(
+    result = cli(
         tmp_path,
         "reencrypt",
         ENCRYPTION_SECRET=fake_secret("next"),

@@ -29,6 +29,7 @@ from providers.relay import (
     CHAT,
     Relay,
     User,
+    error_of,
     fake_secret,
     http_client,
     register_user,
@@ -50,17 +51,6 @@ HTTP = http_client()  # shared keep-alive client (building one per call is slow)
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def error_of(response: httpx.Response, status: int | tuple[int, ...]) -> str:
-    """The relay's own refusal: expected status, JSON {"error": non-empty str}."""
-    statuses = status if isinstance(status, tuple) else (status,)
-    assert response.status_code in statuses, (response.status_code, response.text[:500])
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert isinstance(body, dict) and isinstance(body.get("error"), str), body
-    assert body["error"].strip() and "Traceback" not in body["error"]
-    return str(body["error"])
 
 
 @dataclass

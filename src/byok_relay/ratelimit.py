@@ -145,7 +145,8 @@ class ClientAddress:
         )
 
     def bucket(self, request: web.Request) -> str:
-        return self.bucket_of(self(request))
+        addr = self(request)
+        return addr if ":" not in addr else self.bucket_of(addr)
 
     def _bucket_of(self, addr: str) -> str:
         if ":" not in addr:

@@ -11,7 +11,6 @@ forwarded as received; only the unified route rewrites them.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
@@ -23,10 +22,17 @@ from aiohttp import web
 from byok_relay.auth import MISSING_TOKEN, Authenticator, Principal
 from byok_relay.bodies import read_body
 from byok_relay.config import Settings
+from byok_relay.crypto import TOKEN_PREFIX
 from byok_relay.errors import ApiError
 from byok_relay.metering import Meter
 from byok_relay.netguard import forbidden_cause
-from byok_relay.providers import ModelAllowlist, ModelRouter, Provider, ProviderRegistry
+from byok_relay.providers import (
+    ModelAllowlist,
+    ModelRouter,
+    Provider,
+    ProviderRegistry,
+    Unroutable,
+)
 from byok_relay.providers.paths import PathRefused, encode_path, normalize_path
 from byok_relay.ratelimit import ClientAddress, RateLimiter
 from byok_relay.request_model import (
@@ -53,7 +59,7 @@ _CREDENTIAL_PARAMS = frozenset(
         "x_api_key", "x_goog_api_key", "xi_api_key", "openai_api_key", "anthropic_api_key",
     }
 )  # fmt: skip
-_TOKEN_VALUE_PREFIXES = ("byok_rt_", "byok_st_")
+_TOKEN_VALUE_PREFIXES = (TOKEN_PREFIX,)
 # Provider response headers worth passing back (plus the prefixes below).
 _PASS_RESPONSE = frozenset(
     {
@@ -148,8 +154,10 @@ class Relay:
                 '"anthropic/claude-3-5-haiku") or a recognised model name (e.g. "gpt-4o"). '
                 "See GET /models for the routing table.",
             )
-        stream = data.get("stream") is True
-        route = self.router.resolve(model, stream)
+        try:
+            route = self.router.resolve(model, data.get("stream") is True)
+        except Unroutable as exc:
+            raise ApiError(400, str(exc)) from None
         if route is None:
             raise ApiError(
                 400,
@@ -157,18 +165,10 @@ class Relay:
                 f"model name. Supported providers: {self.supported}. See GET /models.",
             )
         provider = route.provider
-        check_model_name(route.model)
-        if route.in_path and not re.fullmatch(provider.spec.model_shape, route.model):
-            raise ApiError(
-                400,
-                f'"{route.model}" is not a valid {provider.name} model name (letters, digits, '
-                "'.', '-' and '_'); a model name never carries path syntax.",
-            )
         path, path_model = self._allowed_path(provider, "POST", route.path)
-        if route.in_path and path_model != route.model:
-            raise ApiError(400, f'"{route.model}" is not a valid {provider.name} model name.')
-        self._check_model(provider.name, route.model)
-        if route.in_path:
+        # What the provider will read: the model in the path when it carries one.
+        self._check_model(provider.name, path_model or route.model)
+        if path_model is not None:
             for field in provider.spec.unified_drop_fields:
                 data.pop(field, None)
             body = orjson.dumps(data)
@@ -223,18 +223,15 @@ class Relay:
         """Every model the provider could read in this request (path, query, body)."""
         strict = self.allowlist.active
         spec = provider.spec
-        content_types = request.headers.getall("content-type", ())
-        if len(content_types) > 1:
-            raise ApiError(400, "Send one Content-Type header.")
         models = [check_model_name(path_model)] if path_model is not None else []
         try:
             if spec.model_query is not None:
                 model = query_model(params, spec.model_query, strict)
                 if model is not None:
                     models.append(model)
-            models += body_models(
-                content_types[0] if content_types else "", body, spec.model_field, strict
-            )
+            # aiohttp refuses a request with two Content-Type headers before it gets here.
+            content_type = request.headers.get("content-type", "")
+            models += body_models(content_type, body, spec.model_field, strict)
         except Unreadable as exc:
             raise ApiError(
                 400,
@@ -293,10 +290,10 @@ class Relay:
                 "drop x-relay-base-url, or store the key again with another base_url.",
             )
         session, url = self._target(provider, path, key.base_url or header_base)
-        params = list(call.params)
+        params = call.params
         for suffix, name, value in provider.spec.default_query:
             if path.endswith(suffix) and not any(k == name for k, _ in params):
-                params.append((name, value))
+                params = [*params, (name, value)]
         headers = {"user-agent": USER_AGENT}
         pass_headers = provider.pass_headers
         for name, value in request.headers.items():

@@ -55,10 +55,6 @@ class Unreadable(ValueError):
     """The model cannot be read unambiguously; ``str(exc)`` says what to send instead."""
 
 
-def _unreadable(message: str) -> Unreadable:
-    return Unreadable(message)
-
-
 def query_model(pairs: Iterable[tuple[str, str]], name: str, strict: bool) -> str | None:
     """The model in a query parameter (after `parse_qsl`, as forwarded)."""
     wanted = name.casefold()
@@ -66,7 +62,7 @@ def query_model(pairs: Iterable[tuple[str, str]], name: str, strict: bool) -> st
     if not found:
         return None
     if strict and (len(found) > 1 or found[0][0] != name):
-        raise _unreadable(f'Send the "{name}" query parameter once, spelled exactly so.')
+        raise Unreadable(f'Send the "{name}" query parameter once, spelled exactly so.')
     return check_model_name(found[0][1])
 
 
@@ -90,27 +86,23 @@ def body_models(content_type: str, body: bytes, field: str, strict: bool) -> lis
         if model is not None:
             found.append(model)
     if media.endswith("json") or looks_json:
-        model = _json_model(body, field, strict)
+        model = json_model(body, field, strict)
         if model is not None and model not in found:
             found.append(model)
     elif strict and _WIDE_JSON.match(body):
-        raise _unreadable("JSON bodies must be UTF-8.")
+        raise Unreadable("JSON bodies must be UTF-8.")
     return found
 
 
 def json_model(body: bytes, field: str, strict: bool) -> str | None:
     """The `field` of a JSON object body; with `strict`, refuse what is not exactly one
     top-level string field of that exact name in valid UTF-8 JSON."""
-    return _json_model(body, field, strict)
-
-
-def _json_model(body: bytes, field: str, strict: bool) -> str | None:
     parser = simdjson.Parser()
     try:
         doc = parser.parse(body)
     except (ValueError, RuntimeError, UnicodeDecodeError):
         if strict:
-            raise _unreadable("The request body is not valid UTF-8 JSON.") from None
+            raise Unreadable("The request body is not valid UTF-8 JSON.") from None
         return None  # the provider answers malformed bodies in its own words
     try:
         if not isinstance(doc, simdjson.Object):
@@ -119,16 +111,16 @@ def _json_model(body: bytes, field: str, strict: bool) -> str | None:
             value = doc.get(field)
             return check_model_name(value) if isinstance(value, str) else None
         if len(doc) > MAX_JSON_FIELDS:
-            raise _unreadable(f"The JSON body has more than {MAX_JSON_FIELDS} top-level fields.")
+            raise Unreadable(f"The JSON body has more than {MAX_JSON_FIELDS} top-level fields.")
         wanted = field.casefold()
         names = [k for k in doc.keys() if k.casefold() == wanted]
         if not names:
             return None
         if names != [field]:
-            raise _unreadable(f'Send the "{field}" field once, spelled exactly so.')
+            raise Unreadable(f'Send the "{field}" field once, spelled exactly so.')
         value = doc[field]
         if not isinstance(value, str):
-            raise _unreadable(f'The "{field}" field must be a string.')
+            raise Unreadable(f'The "{field}" field must be a string.')
         return check_model_name(value)
     finally:
         del doc  # the parser may be reused only once no view into it is alive
@@ -139,18 +131,18 @@ def _multipart_model(content_type: str, body: bytes, field: str) -> str | None:
         boundary = boundary_of(content_type.encode("latin-1"))
         value = field_value(body, boundary, field)
     except MultipartRefused as exc:
-        raise _unreadable(str(exc)) from None
+        raise Unreadable(str(exc)) from None
     return check_model_name(value) if value is not None else None
 
 
 def _form_model(body: bytes, field: str, raw_semicolons: bool) -> str | None:
     if b";" in body and not raw_semicolons:
         # Some servers split form fields on ';' as well as '&'.
-        raise _unreadable("Form bodies must not contain a raw ';' (percent-encode it).")
+        raise Unreadable("Form bodies must not contain a raw ';' (percent-encode it).")
     try:
         pairs = parse_qsl(
             body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
         )
     except (UnicodeDecodeError, ValueError):
-        raise _unreadable("The form body is not valid UTF-8 or has too many fields.") from None
+        raise Unreadable("The form body is not valid UTF-8 or has too many fields.") from None
     return query_model(pairs, field, strict=True)

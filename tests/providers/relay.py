@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -225,6 +226,18 @@ class Relay:
         return f"Relay(url={self.url!r}, pid={self.proc.pid}, alive={self.alive})"
 
 
+@contextlib.contextmanager
+def relay_process(mocks: MockProviders, work_dir: Path, **overrides: str | None) -> Iterator[Relay]:
+    """A relay for a whole test module (``relay_env`` + ``start_relay_process``), stopped
+    at the end."""
+    env = relay_env(mocks, work_dir, **overrides)
+    relay = start_relay_process(env, work_dir, health_timeout=60)
+    try:
+        yield relay
+    finally:
+        relay.stop(timeout=10)
+
+
 def start_relay_process(
     env: dict[str, str],
     work_dir: Path,
@@ -358,13 +371,14 @@ CLAUDE = {
 GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
-def error_of(response: httpx.Response, status: int) -> str:
-    """The relay's own refusal: this status, a JSON body {"error": non-empty str}, never a
-    framework-default {"detail": …}. Returns the message."""
-    assert response.status_code == status, (response.status_code, response.text)
+def error_of(response: httpx.Response, status: int | tuple[int, ...]) -> str:
+    """The relay's own refusal: this status (or one of these), a JSON body {"error":
+    non-empty str}, never a framework-default {"detail": …}. Returns the message."""
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert response.status_code in statuses, (response.status_code, response.text[:500])
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     assert isinstance(body, dict) and isinstance(body.get("error"), str), body
-    assert body["error"].strip()
+    assert body["error"].strip() and "Traceback" not in body["error"]
     assert "detail" not in body
     return str(body["error"])

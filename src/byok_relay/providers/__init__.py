@@ -1,7 +1,7 @@
 """Providers: the built-in table, custom TOML providers, path and model allowlists."""
 
 from byok_relay.providers.registry import Provider, ProviderConfigError, ProviderRegistry
-from byok_relay.providers.routing import ModelAllowlist, ModelRouter, Route
+from byok_relay.providers.routing import ModelAllowlist, ModelRouter, Route, Unroutable
 from byok_relay.providers.spec import ModelPattern, ProviderSpec
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "ProviderRegistry",
     "ProviderSpec",
     "Route",
+    "Unroutable",
 ]

@@ -5,6 +5,7 @@ Everything here is computed once at start; the hot path only reads `Provider` fi
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ class Provider:
     name: str
     base_url: str | None  # None: client-supplied (openai-compatible)
     matcher: PathMatcher
+    model_shape: re.Pattern[str]  # a model named in a path ({model})
     pass_headers: frozenset[str]
     auth_header: str | None
     auth_prefix: str
@@ -43,6 +45,7 @@ class Provider:
             name=spec.name,
             base_url=spec.base_url.rstrip("/") if spec.base_url else None,
             matcher=compile_path_patterns(spec.paths, spec.model_shape),
+            model_shape=re.compile(spec.model_shape),
             pass_headers=COMMON_PASS_HEADERS | {h.lower() for h in spec.pass_headers},
             auth_header=spec.auth_header.lower() if spec.auth_header else None,
             auth_prefix=spec.auth_prefix,

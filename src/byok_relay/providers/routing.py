@@ -33,20 +33,15 @@ class ModelAllowlist:
         return bool(match(model) or match(f"{provider}/{model}"))
 
 
+class Unroutable(ValueError):
+    """The model names a provider but cannot go to it; ``str(exc)`` says why (400)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     provider: Provider
     path: str  # not yet checked: the relay normalises it and applies the path allowlist
     model: str  # the name sent upstream (provider prefix removed)
-    in_path: bool  # the model travels in the path (the body drops unified_drop_fields)
-
-
-def chat_target(provider: Provider, model: str, stream: bool, path: str | None) -> str | None:
-    """Where POST /relay sends a body for `model`: the pattern's path, else the provider's
-    (stream) chat path with `{model}` filled in; None when the provider has none."""
-    spec = provider.spec
-    template = path or (stream and spec.stream_chat_path) or spec.chat_path
-    return template.replace("{model}", model) if template else None
 
 
 class ModelRouter:
@@ -63,13 +58,23 @@ class ModelRouter:
     def _route(
         self, provider: Provider, model: str, stream: bool, path: str | None
     ) -> Route | None:
-        target = chat_target(provider, model, stream, path)
-        if target is None:
+        """Where POST /relay sends `model`: the pattern's path, else the provider's (stream)
+        chat path, `{model}` filled in; None when the provider has none."""
+        spec = provider.spec
+        template = path or (stream and spec.stream_chat_path) or spec.chat_path
+        if not template:
             return None
-        template = path or provider.spec.chat_path or ""
-        return Route(provider, target, model, "{model}" in template)
+        if "{model}" in template and not provider.model_shape.fullmatch(model):
+            # The model goes into the path: it must be a model name, never path syntax.
+            raise Unroutable(
+                f'"{model}" is not a valid {provider.name} model name (letters, digits, '
+                "'.', '-' and '_'); a model name never carries path syntax."
+            )
+        return Route(provider, template.replace("{model}", model), model)
 
     def resolve(self, model: str, stream: bool) -> Route | None:
+        """The route for `model`; None when nothing matches; Unroutable when the model
+        matches a provider but cannot be put where that provider reads it."""
         prefix, sep, rest = model.partition("/")
         if sep:
             provider = self._registry.get(prefix.lower())
