@@ -39,6 +39,9 @@ class FakeStorage:
             await self.gate.wait()
         return found
 
+    async def delete_key(self, user_id: str, provider: str) -> bool:
+        return self.keys.pop((user_id, provider), None) is not None
+
     async def get_key(self, user_id: str, provider: str) -> StoredKey | None:
         self.reads += 1
         found = self.keys.get((user_id, provider))
@@ -65,8 +68,21 @@ def _setup(ttl: float = 30.0) -> tuple[FakeStorage, Authenticator, Vault, str, s
     return storage, auth, vault, token, token_hash
 
 
-def _bus(auth: Authenticator, vault: Vault, usage: Any = None) -> InvalidationBus:
-    return InvalidationBus("redis://127.0.0.1:1/0", "test:invalidate", auth, vault, usage)
+def _bus(
+    auth: Authenticator, vault: Vault, usage: Any = None, url: str | None = "redis://127.0.0.1:1/0"
+) -> InvalidationBus:
+    """A bus wired as services.py wires it (handlers and caches registered by name)."""
+    bus = InvalidationBus(url, "test:invalidate")
+    for cache in (auth.tokens, auth.scoped, vault.keys):
+        bus.register_cache(cache)
+    bus.register("token", 1, auth.drop_token)
+    bus.register("user", 1, auth.drop_user)
+    bus.register("user", 1, vault.drop_user)
+    if usage is not None:
+        bus.register("user", 1, usage.forget_user)
+    bus.register("key", 2, vault.drop)
+    vault._bus = bus
+    return bus
 
 
 async def test_messages_drop_the_right_entries() -> None:
@@ -133,9 +149,9 @@ async def test_announce_carries_only_ids_and_hashes() -> None:
     _, auth, vault, _, token_hash = _setup()
     bus = _bus(auth, vault)
     bus._queue = asyncio.Queue()
-    auth.forget_token(token_hash)
-    vault.forget("u1", "openai")
-    auth.forget_user("u1")
+    bus.invalidate("token", token_hash)
+    await vault.delete("u1", "openai")
+    bus.invalidate("user", "u1")
     bus.announce("token", "has space")  # refused: never a free-form value
     bus.announce("key", "only-one-arg")  # refused: wrong shape
     lines = [bus._queue.get_nowait() for _ in range(bus._queue.qsize())]
@@ -149,18 +165,20 @@ async def test_announce_carries_only_ids_and_hashes() -> None:
 async def test_ttl_is_capped_while_the_bus_is_deaf() -> None:
     _, auth, vault, _, _ = _setup(ttl=30.0)
     bus = _bus(auth, vault)
-    assert auth.ttl == vault.ttl == FALLBACK_TTL_S  # not subscribed yet
+    caches = (auth.tokens, auth.scoped, vault.keys)
+    assert {c.ttl for c in caches} == {FALLBACK_TTL_S}  # not subscribed yet
     bus._on_connected()
-    assert auth.ttl == vault.ttl == 30.0
+    assert {c.ttl for c in caches} == {30.0}
     bus._on_disconnected(ConnectionError("gone"))
-    assert auth.ttl == vault.ttl == FALLBACK_TTL_S
+    assert {c.ttl for c in caches} == {FALLBACK_TTL_S}
 
 
 async def test_no_bus_keeps_configured_ttl() -> None:
-    _, auth, vault, _, _ = _setup(ttl=5.0)
-    InvalidationBus(None, "c", auth, vault)
-    assert auth.ttl == vault.ttl == 5.0
-    assert auth.announce is None and vault.announce is None
+    _, auth, vault, _, token_hash = _setup(ttl=5.0)
+    bus = _bus(auth, vault, url=None)
+    assert auth.tokens.ttl == vault.keys.ttl == 5.0
+    bus.invalidate("token", token_hash)  # applied here; nobody to announce to
+    assert bus._queue is None
 
 
 async def test_invalidation_during_a_read_is_not_undone_by_the_fill() -> None:

@@ -240,8 +240,12 @@ async def _dump_values(ns: RedisNamespace) -> list[bytes]:
     try:
         out = []
         async for key in client.scan_iter(match=f"{ns.prefix}*"):
-            if await client.type(key) == b"string":
+            kind = await client.type(key)
+            if kind == b"string":
                 out.append(await client.get(key) or b"")
+            elif kind == b"hash":  # budget counters: field names and counts
+                for field, value in (await client.hgetall(key)).items():
+                    out += [field, value]
         return out
     finally:
         await client.aclose()
@@ -322,3 +326,72 @@ def test_control_without_bus_b_stays_stale_for_its_ttl(make_pair: Callable[..., 
     assert _chat(pair.ca, user).status_code == 401  # A itself forgot at once
     time.sleep(1.2)
     assert _chat(pair.cb, user).status_code == 200  # B: stale, as its TTL allows
+
+
+# --- spend control (SPEC §9) -----------------------------------------------------------------
+def _mint(client: httpx.Client, user: User, **body: Any) -> dict[str, Any]:
+    r = client.post("/tokens", json=body, headers=user.headers)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _chat_as(client: httpx.Client, token: str) -> httpx.Response:
+    return client.post(CHAT_PATH, json=CHAT, headers={"x-relay-token": token})
+
+
+def test_scoped_revoke_on_a_is_honoured_by_b_within_a_second(pair: Pair) -> None:
+    user = _user_on(pair.a)
+    one, two = _mint(pair.ca, user), _mint(pair.ca, user)
+    for minted in (one, two):
+        assert _chat_as(pair.cb, minted["token"]).status_code == 200  # cached on B (30 s)
+    assert pair.ca.delete(f"/tokens/{one['id']}", headers=user.headers).json()["deleted"]
+    delay = _until(lambda: _chat_as(pair.cb, one["token"]).status_code == 401)
+    _report("scoped token revoke on A", delay)
+    assert delay < DEADLINE_S
+    assert _chat_as(pair.cb, two["token"]).status_code == 200
+    # The parent's revoke takes its remaining children with it, on B too.
+    assert pair.ca.post("/tokens/revoke", headers=user.headers).status_code == 200
+    delay = _until(lambda: _chat_as(pair.cb, two["token"]).status_code == 401)
+    _report("parent revoke on A (scoped child)", delay)
+    assert delay < DEADLINE_S
+
+
+def _burst(pair: Pair, token: str, n: int = 20) -> list[int]:
+    """n requests at once, alternating between A and B."""
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        r = _chat_as(pair.ca if i % 2 else pair.cb, token)
+        with lock:
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return statuses
+
+
+def test_scoped_budget_is_exact_across_instances(pair: Pair, mocks: MockProviders) -> None:
+    user = _user_on(pair.a)
+    token = _mint(pair.ca, user, budget={"requests": 10})["token"]
+    statuses = _burst(pair, token)
+    print(f"\n[multi-instance] scoped budget 10, 20 concurrent on A+B: {sorted(statuses)}")
+    assert sorted(statuses) == [200] * 10 + [429] * 10
+    assert len(mocks.openai.requests) == 10
+
+
+def test_owner_budget_is_counted_once_across_instances(pair: Pair, mocks: MockProviders) -> None:
+    user = _user_on(pair.a)
+    assert _chat(pair.cb, user).status_code == 200  # B caches "no budget" (TTL 30 s)
+    time.sleep(1.3)  # B writes its request log about once a second: then it counts
+    put = pair.ca.put("/budget", json={"window": "day", "requests": 11}, headers=user.headers)
+    assert put.status_code == 200, put.text
+    # B must hear of the new budget through the bus, and the earlier request counts.
+    statuses = _burst(pair, user.token)
+    print(f"\n[multi-instance] owner budget 11 (1 used), 20 concurrent: {sorted(statuses)}")
+    assert sorted(statuses) == [200] * 10 + [429] * 10
+    refused = _chat(pair.cb, user)
+    assert refused.json()["code"] == "budget_exceeded" and int(refused.headers["Retry-After"]) > 0

@@ -80,11 +80,14 @@ def client(shared_user: User) -> Iterator[httpx.Client]:
 
 
 # ------------------------------------------------------------------------- pass-through
+# OpenAI-style streams ask for usage themselves: otherwise the relay adds the option and
+# hides the extra chunk (SPEC §9; test_spend_usage.py), and one event less arrives.
+_USAGE = {"stream_options": {"include_usage": True}}
 SLOW_CASES = {
     "openai": (
         "openai",
         "/relay/openai/v1/chat/completions",
-        {**CHAT, "model": "mock-slow", "stream": True},
+        {**CHAT, "model": "mock-slow", "stream": True, **_USAGE},
     ),
     "anthropic": (
         "anthropic",
@@ -96,7 +99,11 @@ SLOW_CASES = {
         "/relay/google/v1beta/models/mock-slow:streamGenerateContent",
         GEMINI,
     ),
-    "unified": ("openai", "/relay", {**CHAT, "model": "openai/mock-slow", "stream": True}),
+    "unified": (
+        "openai",
+        "/relay",
+        {**CHAT, "model": "openai/mock-slow", "stream": True, **_USAGE},
+    ),
 }
 
 

@@ -16,7 +16,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from byok_relay.api import key_checks, keys, meta, stats, users  # noqa: F401  (registers routes)
+from byok_relay.api import (  # noqa: F401  (registers routes)
+    budget,
+    key_checks,
+    keys,
+    meta,
+    stats,
+    tokens,
+    users,
+)
 from byok_relay.api.endpoints import ENDPOINTS, make_handler
 from byok_relay.config import Settings
 from byok_relay.errors import ApiError, json_response
@@ -27,7 +35,7 @@ from byok_relay.storage import StorageUnavailable
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _SANE_HEADER_LIST = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~\-, ]{0,2048}$")
-ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
+ALLOWED_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 # Provider and relay headers a browser may read (Access-Control-Expose-Headers).
 EXPOSED_HEADERS = ", ".join(
     [

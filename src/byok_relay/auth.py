@@ -1,22 +1,25 @@
-"""Relay-token authentication: credential headers → HMAC → user, cached briefly.
+"""Credentials: the credential headers → HMAC → a `Principal`, cached briefly.
 
-A token seen in the last CACHE_TTL_S seconds costs no database read. Revocation and
-deletion on this process drop the cache entry at once; `forget_*` also announce it on the
-invalidation bus (`bus.py`, Redis pub/sub), so every other instance drops it within
+Two kinds of bearer token reach here: relay tokens (`byok_rt_`, from POST /users) and
+scoped tokens (`byok_st_`, from POST /tokens, SPEC §9). A token seen in the last
+CACHE_TTL_S seconds costs no database read. The caches are `InvalidatingCache`s whose
+entries the accounts service drops through the invalidation bus (`bus.py`) after every
+revoke, rotation and erase, on this instance at once and on every other one within
 milliseconds. Without a bus, other processes re-read within CACHE_TTL_S.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
-from byok_relay.crypto import TokenHasher, looks_like_token
+from byok_relay.cache import InvalidatingCache
+from byok_relay.crypto import SCOPED_TOKEN_PREFIX, TokenHasher, looks_like_token
 from byok_relay.errors import ApiError
-from byok_relay.storage import Storage, TokenRecord
+from byok_relay.scopes import Scope
+from byok_relay.storage import ScopedTokenRecord, Storage, TokenRecord
 
 MISSING_TOKEN = (
     "Missing relay token: send it in the x-relay-token header "
@@ -28,16 +31,30 @@ REVOKED_TOKEN = (
     "or register again with POST /users."
 )
 EXPIRED_TOKEN = "This relay token has expired: register again with POST /users."
-
-_CACHE_MAX = 100_000
+SCOPED_REVOKED = "This scoped token was revoked: ask the app for a new one (POST /tokens)."
+SCOPED_EXPIRED = "This scoped token has expired (ttl_s): ask the app for a new one (POST /tokens)."
+SCOPED_CANNOT_MANAGE = (
+    "a scoped token cannot manage the account: use the relay token that minted it."
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling. `token_hash` is the HMAC of the token used; `scoped` is set for a
+    scoped token (with its id and scope), None for the account's own relay token."""
+
     user_id: str
     app_id: str
     token_hash: str
     expires_at: int | None
+    scoped: ScopedGrant | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedGrant:
+    id: str
+    scope: Scope
+    parent_hash: str
 
 
 def read_credential(headers: CIMultiDictProxy[str]) -> str | None:
@@ -56,15 +73,11 @@ def read_credential(headers: CIMultiDictProxy[str]) -> str | None:
 class Authenticator:
     def __init__(self, storage: Storage, hasher: TokenHasher, cache_ttl_s: float) -> None:
         self._storage = storage
-        self._hasher = hasher
-        self.configured_ttl = cache_ttl_s
-        #: Effective TTL; the invalidation bus lowers it while it cannot hear other instances.
-        self.ttl = cache_ttl_s
-        self._cache: dict[str, tuple[float, TokenRecord]] = {}
-        # Bumped by every invalidation: a lookup that raced with one is not cached.
-        self._epoch = 0
-        #: Set by the invalidation bus: tells the other instances what to forget.
-        self.announce: Callable[..., None] | None = None
+        self.hasher = hasher
+        self.tokens: InvalidatingCache[str, TokenRecord] = InvalidatingCache("tokens", cache_ttl_s)
+        self.scoped: InvalidatingCache[str, tuple[ScopedTokenRecord, Scope]] = InvalidatingCache(
+            "scoped-tokens", cache_ttl_s
+        )
 
     async def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         token = read_credential(headers)
@@ -72,7 +85,9 @@ class Authenticator:
             raise ApiError(401, MISSING_TOKEN)
         if not looks_like_token(token):
             raise ApiError(401, INVALID_TOKEN)
-        token_hash = self._hasher.hash(token)
+        token_hash = self.hasher.hash(token)
+        if token.startswith(SCOPED_TOKEN_PREFIX):
+            return await self._scoped_principal(token_hash)
         try:
             return await self.principal_for(token_hash)
         except ApiError as exc:
@@ -83,7 +98,7 @@ class Authenticator:
     async def _adopt_old_hash(self, token: str, token_hash: str) -> bool:
         """A token hashed under a previous ENCRYPTION_SECRET: store its current hash.
         Looked up first, so an unknown token costs reads, never a database write."""
-        for old in self._hasher.previous_hashes(token):
+        for old in self.hasher.previous_hashes(token):
             if await self._storage.lookup_token(old) is None:
                 continue
             if await self._storage.rehash_token(old, token_hash):
@@ -91,49 +106,52 @@ class Authenticator:
         return False
 
     async def principal_for(self, token_hash: str) -> Principal:
-        now = time.monotonic()
-        hit = self._cache.get(token_hash)
-        if hit is not None and now - hit[0] < self.ttl:
-            record = hit[1]
-        else:
-            epoch = self._epoch
+        cache = self.tokens
+        record = cache.get(token_hash)
+        if record is None:
+            epoch = cache.epoch
             found = await self._storage.lookup_token(token_hash)
             if found is None:
-                self._cache.pop(token_hash, None)
                 raise ApiError(401, INVALID_TOKEN)
             record = found
-            if epoch == self._epoch:  # else an invalidation arrived during the read
-                if len(self._cache) >= _CACHE_MAX:
-                    # Drop the oldest entry (dicts keep insertion order).
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[token_hash] = (now, record)
+            cache.put_if_current(token_hash, record, epoch)
         if record.revoked_at is not None:
             raise ApiError(401, REVOKED_TOKEN)
         if record.expires_at is not None and record.expires_at <= time.time() * 1000:
             raise ApiError(401, EXPIRED_TOKEN)
         return Principal(record.user_id, record.app_id, token_hash, record.expires_at)
 
-    # Call forget_* after the database change has committed: here and on every instance.
-    def forget_token(self, token_hash: str) -> None:
-        self.drop_token(token_hash)
-        if self.announce is not None:
-            self.announce("token", token_hash)
+    async def _scoped_principal(self, token_hash: str) -> Principal:
+        cache = self.scoped
+        hit = cache.get(token_hash)
+        if hit is None:
+            epoch = cache.epoch
+            found = await self._storage.lookup_scoped_token(token_hash)
+            if found is None:
+                raise ApiError(
+                    401, "Invalid scoped token: ask the app for a new one (POST /tokens)."
+                )
+            hit = (found, Scope.from_json(found.scope))
+            cache.put_if_current(token_hash, hit, epoch)
+        record, scope = hit
+        if record.revoked_at is not None:
+            raise ApiError(401, SCOPED_REVOKED)
+        if record.expires_at <= time.time() * 1000:
+            raise ApiError(401, SCOPED_EXPIRED)
+        return Principal(
+            record.user_id,
+            record.app_id,
+            token_hash,
+            record.expires_at,
+            ScopedGrant(record.id, scope, record.parent_hash),
+        )
 
-    def forget_user(self, user_id: str) -> None:
-        self.drop_user(user_id)
-        if self.announce is not None:
-            self.announce("user", user_id)
-
-    # drop_* and clear act on this process only (the bus calls them).
+    # --- invalidation handlers (the bus calls them, here and on every instance) ---------
     def drop_token(self, token_hash: str) -> None:
-        self._epoch += 1
-        self._cache.pop(token_hash, None)
+        """A relay or scoped token changed; a relay token's scoped children too."""
+        self.tokens.drop(token_hash)
+        self.scoped.drop_where(lambda k, v: k == token_hash or v[0].parent_hash == token_hash)
 
     def drop_user(self, user_id: str) -> None:
-        self._epoch += 1
-        for key in [k for k, (_, r) in self._cache.items() if r.user_id == user_id]:
-            del self._cache[key]
-
-    def clear(self) -> None:
-        self._epoch += 1
-        self._cache.clear()
+        self.tokens.drop_where(lambda _, r: r.user_id == user_id)
+        self.scoped.drop_where(lambda _, v: v[0].user_id == user_id)

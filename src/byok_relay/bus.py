@@ -1,15 +1,17 @@
 """Cross-instance cache invalidation over Redis pub/sub.
 
-Every instance caches tokens (`auth.py`) and opened keys (`vault.py`) for CACHE_TTL_S.
-When one instance revokes or rotates a token, deletes a user, or stores, replaces or
-deletes a key, it drops its own entry and *announces* the change here; every instance's
-subscriber drops the same entries, typically within a few milliseconds. So a revoke on
+Every instance caches tokens, scoped tokens, opened keys and budgets (`cache.py`) for
+CACHE_TTL_S. A change is *invalidated* here by kind: `invalidate(kind, *args)` runs this
+process's handlers for that kind at once and announces it; every other instance's
+subscriber runs the same handlers, typically within a few milliseconds. So a revoke on
 instance A is honoured by instance B well within a second, even with a long CACHE_TTL_S.
+Components register their handlers (`register`) and caches (`register_cache`) by name
+at start; the bus knows nothing about what they hold.
 
 - What travels: only an HMAC token hash, a user id and a provider name. Never a token,
   never a key.
 - Message: one line per invalidation, `<origin> <kind> <arg>…`, several lines batched in
-  one PUBLISH; kinds are `token <hash>`, `user <user_id>`, `key <user_id> <provider>`.
+  one PUBLISH; the kinds in use are listed in `services.py` where they are registered.
 - Announcing never blocks a request: lines are queued and a background task publishes
   them (retrying briefly if Redis hiccups).
 - Fallback: while the subscriber is not connected (Redis down, not yet subscribed), the
@@ -25,12 +27,11 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-from byok_relay.auth import Authenticator
+from byok_relay.cache import InvalidatingCache
 from byok_relay.logs import log_event
-from byok_relay.usage import UsageRecorder
-from byok_relay.vault import Vault
 
 FALLBACK_TTL_S = 1.0
 #: How long an announcement is retried before it is given up (the TTL covers the rest).
@@ -38,34 +39,36 @@ PUBLISH_DEADLINE_S = 1.0
 _RECONNECT_MIN_S = 0.2
 _RECONNECT_MAX_S = 5.0
 _WARN_EVERY_S = 30.0
-_KINDS = {"token": 1, "user": 1, "key": 2}
+
+Handler = Callable[..., None]
 
 
 class InvalidationBus:
-    def __init__(
-        self,
-        redis_url: str | None,
-        channel: str,
-        auth: Authenticator,
-        vault: Vault,
-        usage: UsageRecorder | None = None,
-    ) -> None:
+    def __init__(self, redis_url: str | None, channel: str) -> None:
         self.url = redis_url
         self.channel = channel
-        self._auth = auth
-        self._vault = vault
-        self._usage = usage
         self.origin = os.urandom(6).hex()  # skip our own messages (already applied)
         self.connected = False
         self.received = 0
+        self._handlers: dict[str, tuple[int, list[Handler]]] = {}
+        self._caches: list[InvalidatingCache[Any, Any]] = []
         self._queue: asyncio.Queue[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._redis: Any = None
         self._last_warning: dict[str, float] = {}
-        if redis_url:
-            auth.announce = self.announce
-            vault.announce = self.announce
-            self._set_ttl(connected=False)
+
+    # --- registration (at start) -------------------------------------------------
+    def register(self, kind: str, nargs: int, handler: Handler) -> None:
+        """Run `handler(*args)` for every invalidation of `kind` (here and remote)."""
+        known = self._handlers.setdefault(kind, (nargs, []))
+        if known[0] != nargs:
+            raise ValueError(f"invalidation kind {kind!r} takes {known[0]} arguments")
+        known[1].append(handler)
+
+    def register_cache(self, cache: InvalidatingCache[Any, Any]) -> None:
+        """A cache whose TTL the bus caps while deaf and which it clears on resubscribe."""
+        self._caches.append(cache)
+        self._set_ttl(connected=self.connected or not self.url)
 
     @property
     def enabled(self) -> bool:
@@ -110,13 +113,28 @@ class InvalidationBus:
         await self._queue.join()
 
     # --- publishing --------------------------------------------------------------
+    def invalidate(self, kind: str, *args: str) -> None:
+        """Apply an invalidation here at once and announce it to the other instances.
+        Call it after the database change has committed. Never blocks, never raises."""
+        self._run(kind, args)
+        self.announce(kind, *args)
+
     def announce(self, kind: str, *args: str) -> None:
-        """Queue an invalidation for the other instances (never blocks, never raises)."""
-        if self._queue is None or _KINDS.get(kind) != len(args):
+        """Queue an invalidation for the other instances only."""
+        known = self._handlers.get(kind)
+        if self._queue is None or known is None or known[0] != len(args):
             return
         if any(not a or any(c.isspace() for c in a) for a in args):
             return  # ids, hashes and provider names never contain whitespace
         self._queue.put_nowait(" ".join((self.origin, kind, *args)))
+
+    def _run(self, kind: str, args: tuple[str, ...] | list[str]) -> bool:
+        known = self._handlers.get(kind)
+        if known is None or known[0] != len(args):
+            return False
+        for handler in known[1]:
+            handler(*args)
+        return True
 
     async def _send(self) -> None:
         assert self._queue is not None
@@ -177,25 +195,12 @@ class InvalidationBus:
             parts = line.split(" ")
             if len(parts) < 3 or parts[0] == self.origin:
                 continue
-            kind, args = parts[1], parts[2:]
-            if _KINDS.get(kind) != len(args):
-                continue
-            self.received += 1
-            if kind == "token":
-                self._auth.drop_token(args[0])
-            elif kind == "key":
-                self._vault.drop(args[0], args[1])
-            elif kind == "user":
-                self._auth.drop_user(args[0])
-                self._vault.drop_user(args[0])
-                if self._usage is not None:
-                    # Rows of an erased user still queued here must not be written later.
-                    self._usage.forget_user(args[0])
+            if self._run(parts[1], parts[2:]):
+                self.received += 1
 
     def _on_connected(self) -> None:
         # Messages sent while we were not subscribed are lost: start from a clean cache.
-        self._auth.clear()
-        self._vault.clear()
+        self._clear_caches()
         if not self.connected:
             self.connected = True
             self._set_ttl(connected=True)
@@ -206,8 +211,7 @@ class InvalidationBus:
         self.connected = False
         self._set_ttl(connected=False)
         if was_connected:
-            self._auth.clear()
-            self._vault.clear()
+            self._clear_caches()
         self._warn(
             "listen",
             f"cache invalidation bus unavailable; caches held at most {FALLBACK_TTL_S:g} s "
@@ -215,8 +219,13 @@ class InvalidationBus:
             exc,
         )
 
+    def _clear_caches(self) -> None:
+        for cache in self._caches:
+            cache.clear()
+
     def _set_ttl(self, *, connected: bool) -> None:
-        for cache in (self._auth, self._vault):
+        # Without REDIS_URL there is nobody to hear: CACHE_TTL_S alone bounds staleness.
+        for cache in self._caches:
             configured = cache.configured_ttl
             cache.ttl = configured if connected else min(configured, FALLBACK_TTL_S)
 

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     TOKEN_EXPIRY_DAYS: int = Field(
         90, ge=0, le=36500, description="Relay-token lifetime in days (at most 36500); 0 = never."
     )
+    SCOPED_TOKEN_MAX_TTL_S: int = Field(
+        2_592_000,
+        ge=1,
+        le=31_536_000,
+        description="Longest ttl_s a scoped token (POST /tokens) may ask for; default 30 days.",
+    )
 
     # --- relaying --------------------------------------------------------------
     ALLOWED_ORIGINS: str = Field("*", description="CORS origins, comma list; * for any.")

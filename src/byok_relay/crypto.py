@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TOKEN_PREFIX = "byok_rt_"
+SCOPED_TOKEN_PREFIX = "byok_st_"  # scoped tokens (SPEC §9): same shape, their own prefix
 _TOKEN_BYTES = 32  # 256 bits of randomness
 TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # base64url of 32 bytes, unpadded
 _NONCE_BYTES = 12  # 96-bit GCM nonce, fresh per encryption
 _TAG_BYTES = 16
 _SALT = b"byok-relay/v1"
 # The exact shape new_token() produces: prefix + unpadded base64url, ASCII only.
-_TOKEN_SHAPE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
+_TOKEN_SHAPE = re.compile(r"byok_[rs]t_[A-Za-z0-9_-]{43}")
 
 
 class DecryptionError(Exception):
@@ -122,16 +123,16 @@ class TokenHasher:
         return hmac.new(self._key, token.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def new_token() -> str:
-    """A fresh relay token: recognisable prefix + 256 random bits (base64url)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
+def new_token(prefix: str = TOKEN_PREFIX) -> str:
+    """A fresh relay (or scoped) token: recognisable prefix + 256 random bits (base64url)."""
+    return prefix + secrets.token_urlsafe(_TOKEN_BYTES)
 
 
 def looks_like_token(value: str) -> bool:
     """Cheap shape check before any lookup: refuses garbage without touching storage.
 
     ASCII only: a header carrying non-UTF-8 bytes (decoded with surrogate escapes) must be
-    an invalid token (401), never reach the hasher."""
+    an invalid token (401), never reach the hasher. Relay and scoped tokens alike."""
     return len(value) == TOKEN_LENGTH and _TOKEN_SHAPE.fullmatch(value) is not None
 
 

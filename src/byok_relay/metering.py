@@ -1,4 +1,4 @@
-"""Token counts read from provider answers, for GET /stats — cheaply and best-effort.
+"""Token counts read from provider answers, for GET /stats, /budget and /tokens (SPEC §9).
 
 Only bodies that mention usage are parsed: a substring test on each chunk first, then
 the SSE data lines of that chunk. Shapes understood: OpenAI (prompt_tokens /
@@ -6,6 +6,10 @@ completion_tokens, Responses API input_tokens / output_tokens), Anthropic (input
 in message_start, output_tokens in message_delta), Gemini (usageMetadata
 promptTokenCount / candidatesTokenCount), Cohere (billed_units). Compressed bodies are
 not inspected (the relay never decompresses).
+
+A stream that ends early (the client left, the provider dropped it) counts what arrived:
+the counts seen so far, and at least one output token per data event that arrived
+(providers send about one token per event; the final usage report never came).
 """
 
 from __future__ import annotations
@@ -28,11 +32,19 @@ def _ints(d: Any, *names: str) -> int | None:
 
 
 class Meter:
-    __slots__ = ("input_tokens", "output_tokens")
+    __slots__ = ("complete", "events", "input_tokens", "output_tokens")
 
     def __init__(self) -> None:
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.events = 0  # SSE data events seen
+        self.complete = False  # the whole answer went to the client
+
+    def counts(self) -> tuple[int | None, int | None]:
+        """(input, output) as recorded: exact, or for a cut stream what arrived."""
+        if self.complete or not self.events:
+            return self.input_tokens, self.output_tokens
+        return self.input_tokens, max(self.output_tokens or 0, self.events)
 
     def _take(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -62,6 +74,7 @@ class Meter:
             pass
 
     def feed_sse(self, chunk: bytes) -> None:
+        self.events += chunk.count(b"data:")
         if not any(m in chunk for m in _MARKERS):
             return
         for line in chunk.split(b"\n"):
@@ -70,3 +83,71 @@ class Meter:
                     self._take(orjson.loads(line[5:].strip()))
                 except orjson.JSONDecodeError:
                     continue  # an event split across chunks: skip it, best-effort
+
+
+# The `usage: null` every chunk carries once include_usage is on, as OpenAI-style servers
+# write it (a literal outside any JSON string: quotes inside strings are escaped).
+_NULL_USAGE = (b',"usage":null', b', "usage": null')
+
+
+class UsageChunkFilter:
+    """For a stream whose usage the relay asked for (stream_options.include_usage added):
+    meters the usage-only chunk and removes it, and removes the `"usage":null` the other
+    chunks gained, so the client receives the stream it asked for. Events are passed on
+    as soon as they are complete; only a partial event waits for its next bytes."""
+
+    __slots__ = ("_meter", "_pending")
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk
+        cut = max(data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n"))
+        if cut < 0:
+            self._pending = data
+            return b""
+        end = cut + (4 if data.startswith(b"\r\n\r\n", cut) else 2)
+        complete, self._pending = data[:end], data[end:]
+        return self._filter(complete)
+
+    def finish(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return self._filter(rest) if rest else b""
+
+    def _filter(self, events: bytes) -> bytes:
+        meter = self._meter
+        if b'"usage":{' in events or b'"usage": {' in events:
+            kept = []
+            for event in _split_events(events):
+                if b'"choices":[]' in event.replace(b" ", b"") and b'"usage"' in event:
+                    seen = meter.events
+                    meter.feed_sse(event)
+                    meter.events = seen  # a usage report, not content
+                    continue
+                kept.append(event)
+            events = b"".join(kept)
+        meter.events += events.count(b"data:")
+        for null in _NULL_USAGE:
+            if null in events:
+                events = events.replace(null, b"")
+        return events
+
+
+def _split_events(data: bytes) -> list[bytes]:
+    """SSE events with their terminating blank line kept (so joining restores them)."""
+    out = []
+    start = 0
+    while start < len(data):
+        lf, crlf = data.find(b"\n\n", start), data.find(b"\r\n\r\n", start)
+        if lf < 0 and crlf < 0:
+            out.append(data[start:])
+            break
+        if crlf >= 0 and (lf < 0 or crlf <= lf):
+            end = crlf + 4
+        else:
+            end = lf + 2
+        out.append(data[start:end])
+        start = end
+    return out

@@ -1,6 +1,7 @@
 """Rate limits on the `limits` library: in memory, or shared through Redis.
 
-Limiter keys never hold a raw token: the relay limit is keyed by the token's HMAC, so
+Limiter keys never hold a token: the relay limit is keyed by the user id (every token of
+a user shares one bucket, so a rotated or new scoped token is no fresh allowance), so
 whoever reads Redis cannot harvest working tokens. If Redis fails, counting falls back
 to this process (with a logged warning) rather than refusing traffic; Redis is tried again
 after RETRY_SHARED_S, so a dead Redis costs requests no connect timeouts meanwhile.
@@ -25,7 +26,8 @@ from byok_relay.logs import log_event
 
 _MESSAGES = {
     "global": "Too many requests from this address",
-    "relay": "AI request rate limit exceeded for this relay token",
+    # Keyed by user: every relay token and scoped token of theirs shares it.
+    "relay": "AI request rate limit exceeded for this user's relay tokens",
     "register": "Too many registrations from this address",
 }
 _WARN_EVERY_S = 30.0

@@ -11,21 +11,23 @@ forwarded as received; only the unified route rewrites them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from typing import Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from byok_relay.auth import MISSING_TOKEN, Authenticator, Principal
+from byok_relay.admission import Admission, Ticket
+from byok_relay.auth import MISSING_TOKEN
 from byok_relay.bodies import read_body
 from byok_relay.config import Settings
-from byok_relay.crypto import TOKEN_PREFIX
+from byok_relay.crypto import SCOPED_TOKEN_PREFIX, TOKEN_PREFIX
 from byok_relay.errors import ApiError
-from byok_relay.metering import Meter
-from byok_relay.netguard import forbidden_cause
+from byok_relay.metering import Meter, UsageChunkFilter
 from byok_relay.providers import (
     ModelAllowlist,
     ModelRouter,
@@ -33,8 +35,8 @@ from byok_relay.providers import (
     ProviderRegistry,
     Unroutable,
 )
-from byok_relay.providers.paths import PathRefused, encode_path, normalize_path
-from byok_relay.ratelimit import ClientAddress, RateLimiter
+from byok_relay.providers.paths import PathRefused, normalize_path
+from byok_relay.ratelimit import ClientAddress
 from byok_relay.request_model import (
     MAX_FORM_FIELDS,
     Unreadable,
@@ -43,6 +45,7 @@ from byok_relay.request_model import (
     json_model,
     query_model,
 )
+from byok_relay.spend import SpendControl
 from byok_relay.storage import RequestLogRow
 from byok_relay.upstream import USER_AGENT, Upstream
 from byok_relay.usage import UsageRecorder
@@ -59,7 +62,7 @@ _CREDENTIAL_PARAMS = frozenset(
         "x_api_key", "x_goog_api_key", "xi_api_key", "openai_api_key", "anthropic_api_key",
     }
 )  # fmt: skip
-_TOKEN_VALUE_PREFIXES = (TOKEN_PREFIX,)
+_TOKEN_VALUE_PREFIXES = (TOKEN_PREFIX, SCOPED_TOKEN_PREFIX)
 # Provider response headers worth passing back (plus the prefixes below).
 _PASS_RESPONSE = frozenset(
     {
@@ -89,6 +92,8 @@ class Call:
     params: list[tuple[str, str]]  # the query, credentials removed, as forwarded
     body: bytes
     model: str | None
+    # The relay asked for stream usage the client did not: hide it again (SPEC §9).
+    hide_usage: bool = False
 
 
 class Relay:
@@ -96,23 +101,22 @@ class Relay:
         self,
         settings: Settings,
         registry: ProviderRegistry,
-        auth: Authenticator,
+        admission: Admission,
         vault: Vault,
-        limiter: RateLimiter,
+        spend: SpendControl,
         usage: UsageRecorder,
         upstream: Upstream,
+        client_address: ClientAddress,
     ) -> None:
         self.registry = registry
         self.router = ModelRouter(registry)
         self.allowlist = ModelAllowlist(settings.allowed_models)
-        self.auth = auth
+        self.admission = admission
         self.vault = vault
-        self.limiter = limiter
+        self.spend = spend
         self.usage = usage
         self.upstream = upstream
-        self.client_address = ClientAddress(
-            settings.TRUSTED_PROXIES, settings.RATE_LIMIT_IPV6_PREFIX
-        )
+        self.client_address = client_address
         self.body_limit = settings.REQUEST_BODY_LIMIT_BYTES
         self.body_stall_s = settings.CLIENT_BODY_TIMEOUT_S
         self.supported = ", ".join(registry.names)
@@ -125,19 +129,31 @@ class Relay:
         provider = self._provider(name)
         path, path_model = self._allowed_path(provider, request.method, "/" + tail)
         self._require_credential_shape(request)
-        principal = await self._admit(request)
+        ticket = await self.admission.admit(request)
         params = _forwardable_query(query)
         body = await read_body(request, self.body_limit, self.body_stall_s)
         model = self._check_models(
             provider, self._models(request, provider, path_model, params, body)
         )
-        await self.limiter.check("relay", principal.token_hash[:32])
-        return await self._forward(request, principal, Call(provider, path, params, body, model))
+        hide_usage = False
+        if (
+            provider.spec.stream_usage_option
+            and path.endswith("/chat/completions")
+            and b'"stream"' in body
+        ):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                data = orjson.loads(body)
+                if isinstance(data, dict) and _ask_for_stream_usage(data):
+                    body, hide_usage = orjson.dumps(data), True
+        await self.admission.authorize(ticket, provider.name, model)
+        return await self._forward(
+            request, ticket, Call(provider, path, params, body, model, hide_usage)
+        )
 
     async def unified_route(self, request: web.Request) -> web.StreamResponse:
         """POST /relay {model, ...}: pick the provider from `model`."""
         self._require_credential_shape(request)
-        principal = await self._admit(request)
+        ticket = await self.admission.admit(request)
         body = await read_body(request, self.body_limit, self.body_stall_s)
         try:
             # The model picks the route: read it strictly, whatever ALLOWED_MODELS says.
@@ -168,15 +184,25 @@ class Relay:
         path, path_model = self._allowed_path(provider, "POST", route.path)
         # What the provider will read: the model in the path when it carries one.
         self._check_model(provider.name, path_model or route.model)
+        rewrite = False
         if path_model is not None:
             for field in provider.spec.unified_drop_fields:
                 data.pop(field, None)
-            body = orjson.dumps(data)
+            rewrite = True
         elif route.model != model:
             data["model"] = route.model
+            rewrite = True
+        hide_usage = (
+            provider.spec.stream_usage_option
+            and path.endswith("/chat/completions")
+            and _ask_for_stream_usage(data)
+        )
+        if rewrite or hide_usage:
             body = orjson.dumps(data)
-        await self.limiter.check("relay", principal.token_hash[:32])
-        return await self._forward(request, principal, Call(provider, path, [], body, route.model))
+        await self.admission.authorize(ticket, provider.name, path_model or route.model)
+        return await self._forward(
+            request, ticket, Call(provider, path, [], body, route.model, hide_usage)
+        )
 
     # --- admission -----------------------------------------------------------------
     def _provider(self, name: str) -> Provider:
@@ -250,20 +276,14 @@ class Relay:
         if model is not None and not self.allowlist.allows(provider, model):
             raise ApiError(403, f'Model "{model}" is not allowed on this relay (see GET /models).')
 
-    async def _admit(self, request: web.Request) -> Principal:
-        await self.limiter.check("global", self.client_address.bucket(request))
-        principal = await self.auth.authenticate(request.headers)
-        request["user_id"] = principal.user_id
-        return principal
-
     # --- forwarding ----------------------------------------------------------------
     async def _outbound(
-        self, request: web.Request, principal: Principal, call: Call
+        self, request: web.Request, ticket: Ticket, call: Call
     ) -> tuple[aiohttp.ClientSession, str, dict[str, str]]:
         """The session, URL and headers for the upstream request, the user's key in place."""
         provider, path = call.provider, call.path
         try:
-            key = await self.vault.get(principal.user_id, provider.name)
+            key = await self.vault.get(ticket.who.user_id, provider.name)
         except KeyUnreadable:
             raise ApiError(
                 500,
@@ -289,7 +309,7 @@ class Relay:
                 f'The stored "{provider.name}" key is bound to the base_url stored with it; '
                 "drop x-relay-base-url, or store the key again with another base_url.",
             )
-        session, url = self._target(provider, path, key.base_url or header_base)
+        session, url = self.upstream.target(provider, path, key.base_url or header_base)
         params = call.params
         for suffix, name, value in provider.spec.default_query:
             if path.endswith(suffix) and not any(k == name for k, _ in params):
@@ -302,90 +322,38 @@ class Relay:
                 headers.setdefault(lname, value)  # the first, as the relay read it
         if call.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
-        _authorize(provider, key.secret, headers, params)
-        if params:
-            url += "?" + urlencode(params)
+        url += self.upstream.authorize(provider, key.secret, headers, params)
         return session, url, headers
 
-    def _target(
-        self, provider: Provider, path: str, raw_base: str | None
-    ) -> tuple[aiohttp.ClientSession, str]:
-        """The session and URL for `path`: operator upstreams on the trusted session,
-        client-supplied ones (checked) on the guarded one."""
-        assert self.upstream.trusted is not None and self.upstream.guarded is not None
-        quoted = encode_path(path)
-        if provider.base_url is not None:
-            return self.upstream.trusted, provider.base_url + quoted
-        if not raw_base:
-            raise ApiError(
-                400,
-                f'Provider "{provider.name}" needs a base URL: store one with '
-                f"POST /keys/{provider.name} {{key, base_url}} or send x-relay-base-url.",
-            )
-        return self.upstream.guarded, self.upstream.client_base(raw_base).join(quoted)
-
-    async def probe(self, provider: Provider, secret: str, base_url: str | None) -> int:
-        """GET the provider's verify_path with `secret`; its status says if the key works."""
-        if provider.spec.verify_path is None:
-            raise ApiError(
-                400,
-                f'Provider "{provider.name}" has no cheap endpoint to check a key with; '
-                f"replace the key with POST /keys/{provider.name} instead.",
-            )
-        session, url = self._target(provider, provider.spec.verify_path, base_url)
-        headers = {"user-agent": USER_AGENT}
-        params: list[tuple[str, str]] = []
-        _authorize(provider, secret, headers, params)
-        if params:
-            url += "?" + urlencode(params)
-        try:
-            async with session.get(url, headers=headers, allow_redirects=False) as resp:
-                return resp.status
-        except aiohttp.ClientConnectorError as exc:
-            forbidden = forbidden_cause(exc)
-            if forbidden is not None:
-                raise ApiError(400, str(forbidden)) from None
-            raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
-        except (TimeoutError, aiohttp.ClientError):
-            raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
-
     async def _forward(
-        self, request: web.Request, principal: Principal, call: Call
+        self, request: web.Request, ticket: Ticket, call: Call
     ) -> web.StreamResponse:
         provider = call.provider
+        principal = ticket.who
         request["provider"] = provider.name
         request["model"] = call.model
-        session, url, headers = await self._outbound(request, principal, call)
+        reservation = ticket.reservation
+        try:
+            session, url, headers = await self._outbound(request, ticket, call)
+        except BaseException:
+            if reservation is not None:  # never went upstream: it does not count
+                await self.spend.release(reservation)
+            raise
         started = time.perf_counter()
         status = 502
         streamed = False
         meter = Meter()
         try:
             try:
-                upstream = await session.request(
-                    request.method,
-                    url,
-                    data=call.body or None,
-                    headers=headers,
-                    allow_redirects=False,
+                upstream = await self.upstream.send(
+                    session, provider, request.method, url, call.body or None, headers
                 )
-            except aiohttp.ClientConnectorError as exc:
-                forbidden = forbidden_cause(exc)
-                if forbidden is not None:
-                    status = 400
-                    raise ApiError(400, str(forbidden)) from None
-                raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
-            except aiohttp.ConnectionTimeoutError:
-                # No TCP connection at all: unreachable (502), not slow to answer (504).
-                raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
-            except aiohttp.ServerTimeoutError:
-                status = 504
-                raise ApiError(504, f'Provider "{provider.name}" did not answer in time.') from None
-            except (TimeoutError, aiohttp.ClientError):
-                raise ApiError(502, f'Could not reach provider "{provider.name}".') from None
+            except ApiError as exc:
+                status = exc.status
+                raise
             status = upstream.status
             try:
-                response, streamed = await self._respond(request, upstream, meter)
+                response, streamed = await self._respond(request, upstream, meter, call)
             finally:
                 # Back to the pool when fully read; closed when not (client left, error).
                 upstream.release()
@@ -393,6 +361,8 @@ class Relay:
                 status = response.status
             return response
         finally:
+            scoped = principal.scoped
+            input_tokens, output_tokens = meter.counts()
             self.usage.record(
                 RequestLogRow(
                     user_id=principal.user_id,
@@ -402,14 +372,17 @@ class Relay:
                     status=status,
                     latency_ms=int((time.perf_counter() - started) * 1000),
                     streaming=streamed,
-                    input_tokens=meter.input_tokens,
-                    output_tokens=meter.output_tokens,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
                     created_at=int(time.time() * 1000),
+                    token_id=scoped.id if scoped is not None else None,
                 )
             )
+            if reservation is not None:
+                await self.spend.settle(reservation, (input_tokens or 0) + (output_tokens or 0))
 
     async def _respond(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, meter: Meter
+        self, request: web.Request, upstream: aiohttp.ClientResponse, meter: Meter, call: Call
     ) -> tuple[web.StreamResponse, bool]:
         headers: dict[str, str] = {}
         for name, value in upstream.headers.items():
@@ -437,11 +410,20 @@ class Relay:
             response.content_length = length
         await response.prepare(request)
         meter_sse = meter.feed_sse if is_sse and readable else None
+        hidden = UsageChunkFilter(meter) if call.hide_usage and is_sse and readable else None
         try:
             async for chunk in upstream.content.iter_any():
+                if hidden is not None:
+                    # Usage the relay asked for: metered here, never shown to the client.
+                    chunk = hidden.feed(chunk)
+                    if chunk:
+                        await response.write(chunk)
+                    continue
                 await response.write(chunk)
                 if meter_sse is not None:
                     meter_sse(chunk)
+            if hidden is not None and (rest := hidden.finish()):
+                await response.write(rest)
         except (TimeoutError, aiohttp.ClientError):
             request["stream_error"] = True
             if is_sse:
@@ -451,21 +433,22 @@ class Relay:
                 request.transport.close()
                 return response, True
         await response.write_eof()
+        meter.complete = True
         return response, True
 
 
-def _authorize(
-    provider: Provider, secret: str, headers: dict[str, str], params: list[tuple[str, str]]
-) -> None:
-    """Provider headers and the user's credential, placed as the provider expects."""
-    for name, value in provider.default_headers:
-        headers.setdefault(name, value)
-    for name, value in provider.fixed_headers:
-        headers[name] = value
-    if provider.auth_header:
-        headers[provider.auth_header] = provider.auth_prefix + secret
-    if provider.auth_query:
-        params.append((provider.auth_query, secret))
+def _ask_for_stream_usage(data: dict[str, Any]) -> bool:
+    """Add stream_options.include_usage to a streaming chat that did not ask for usage;
+    True when added (the relay then removes the extra chunk again)."""
+    if data.get("stream") is not True:
+        return False
+    options = data.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False  # the client asked: it sees the usage chunk, and so does the meter
+    if options is not None and not isinstance(options, dict):
+        return False  # not ours to repair: the provider answers it
+    data["stream_options"] = {**(options or {}), "include_usage": True}
+    return True
 
 
 def _forwardable_query(query: str) -> list[tuple[str, str]]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from byok_relay.accounts import Accounts
+from byok_relay.admission import Admission
 from byok_relay.auth import Authenticator
 from byok_relay.bus import InvalidationBus
 from byok_relay.config import Settings
@@ -18,6 +20,7 @@ from byok_relay.metrics import RelayMetrics
 from byok_relay.providers import ProviderRegistry
 from byok_relay.ratelimit import ClientAddress, RateLimiter
 from byok_relay.relay import Relay
+from byok_relay.spend import SpendControl, open_counters
 from byok_relay.storage import Storage, StorageUnavailable, open_storage
 from byok_relay.upstream import Upstream
 from byok_relay.usage import UsageRecorder
@@ -32,7 +35,9 @@ class Services:
     hasher: TokenHasher
     registry: ProviderRegistry
     auth: Authenticator
+    accounts: Accounts
     vault: Vault
+    spend: SpendControl
     limiter: RateLimiter
     usage: UsageRecorder
     upstream: Upstream
@@ -53,16 +58,29 @@ class Services:
             hmac_secret.get_secret_value() if hmac_secret else None,
             settings.previous_secrets,
         )
-        auth = Authenticator(storage, hasher, settings.CACHE_TTL_S)
-        vault = Vault(storage, cipher, settings.CACHE_TTL_S)
+        ttl = settings.CACHE_TTL_S
+        # With REDIS_URL, revocations and key changes reach every instance's cache at once.
+        bus = InvalidationBus(settings.REDIS_URL, f"{settings.REDIS_KEY_PREFIX}:invalidate")
+        auth = Authenticator(storage, hasher, ttl)
+        vault = Vault(storage, cipher, ttl, bus)
         limiter = RateLimiter(settings)
         usage = UsageRecorder(storage, settings.REQUEST_LOG_RETENTION_DAYS)
-        upstream = Upstream(settings)
-        relay = Relay(settings, registry, auth, vault, limiter, usage, upstream)
-        # With REDIS_URL, revocations and key changes reach every instance's cache at once.
-        bus = InvalidationBus(
-            settings.REDIS_URL, f"{settings.REDIS_KEY_PREFIX}:invalidate", auth, vault, usage
+        spend = SpendControl(
+            storage, open_counters(settings.REDIS_URL, settings.REDIS_KEY_PREFIX), ttl, bus
         )
+        accounts = Accounts(
+            storage,
+            hasher,
+            bus,
+            usage,
+            settings.TOKEN_EXPIRY_DAYS,
+            settings.SCOPED_TOKEN_MAX_TTL_S,
+        )
+        _register_invalidations(bus, auth, vault, spend, usage)
+        upstream = Upstream(settings)
+        client_address = ClientAddress(settings.TRUSTED_PROXIES, settings.RATE_LIMIT_IPV6_PREFIX)
+        admission = Admission.build(limiter, client_address, auth, spend)
+        relay = Relay(settings, registry, admission, vault, spend, usage, upstream, client_address)
         return cls(
             settings=settings,
             storage=storage,
@@ -70,12 +88,14 @@ class Services:
             hasher=hasher,
             registry=registry,
             auth=auth,
+            accounts=accounts,
             vault=vault,
+            spend=spend,
             limiter=limiter,
             usage=usage,
             upstream=upstream,
             relay=relay,
-            client_address=relay.client_address,
+            client_address=client_address,
             metrics=RelayMetrics(),
             bus=bus,
         )
@@ -124,7 +144,33 @@ class Services:
         await self.bus.stop()
         await self.usage.stop()
         await self.upstream.close()
+        await self.spend.close()
         await self.storage.close()
+
+
+def _register_invalidations(
+    bus: InvalidationBus,
+    auth: Authenticator,
+    vault: Vault,
+    spend: SpendControl,
+    usage: UsageRecorder,
+) -> None:
+    """Every invalidation kind and what it drops (the bus carries only these ids):
+    `token <hash>`     a relay or scoped token revoked or rotated (a relay token's
+                       scoped tokens with it);
+    `user <user_id>`   the user erased: every cache entry and pending log row of theirs;
+    `key <user_id> <provider>`  a provider key stored, replaced or deleted;
+    `budget <user_id>` the owner budget set or removed."""
+    for cache in (auth.tokens, auth.scoped, vault.keys, spend.budgets):
+        bus.register_cache(cache)
+    bus.register("token", 1, auth.drop_token)
+    bus.register("user", 1, auth.drop_user)
+    bus.register("user", 1, vault.drop_user)
+    bus.register("user", 1, spend.drop)
+    # Rows of an erased user still queued on any instance must not be written later.
+    bus.register("user", 1, usage.forget_user)
+    bus.register("key", 2, vault.drop)
+    bus.register("budget", 1, spend.drop)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -1,4 +1,7 @@
-"""Connections to providers: pooled aiohttp sessions, one per trust level.
+"""The transport to providers: where a call goes, how the credential is placed, the
+pooled sessions it travels on, and the one mapping of transport failures to relay errors.
+
+`relay.py` decides *whether* and *what* to send (request policy); this module sends it.
 
 `trusted` serves operator-configured upstreams (built-in or overridden base URLs).
 `guarded` serves client-supplied base URLs: its resolver refuses forbidden addresses at
@@ -10,13 +13,22 @@ through byte for byte, compressed or not.
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import urlencode
 
 import aiohttp
 
 from byok_relay import __version__
 from byok_relay.config import Settings
 from byok_relay.errors import ApiError
-from byok_relay.netguard import BaseURL, ForbiddenUpstream, GuardedResolver, parse_base_url
+from byok_relay.netguard import (
+    BaseURL,
+    ForbiddenUpstream,
+    GuardedResolver,
+    forbidden_cause,
+    parse_base_url,
+)
+from byok_relay.providers import Provider
+from byok_relay.providers.paths import encode_path
 
 USER_AGENT = f"byok-relay/{__version__}"
 
@@ -75,3 +87,87 @@ class Upstream:
             return parse_base_url(raw, allow_private=self._allow_private)
         except ForbiddenUpstream as exc:
             raise ApiError(400, str(exc)) from None
+
+    # --- where a call goes and how it is authorised ----------------------------------
+    def target(
+        self, provider: Provider, path: str, raw_base: str | None
+    ) -> tuple[aiohttp.ClientSession, str]:
+        """The session and URL for `path`: operator upstreams on the trusted session,
+        client-supplied ones (checked) on the guarded one."""
+        assert self.trusted is not None and self.guarded is not None
+        quoted = encode_path(path)
+        if provider.base_url is not None:
+            return self.trusted, provider.base_url + quoted
+        if not raw_base:
+            raise ApiError(
+                400,
+                f'Provider "{provider.name}" needs a base URL: store one with '
+                f"POST /keys/{provider.name} {{key, base_url}} or send x-relay-base-url.",
+            )
+        return self.guarded, self.client_base(raw_base).join(quoted)
+
+    @staticmethod
+    def authorize(
+        provider: Provider, secret: str, headers: dict[str, str], params: list[tuple[str, str]]
+    ) -> str:
+        """Provider headers and the user's credential, placed as the provider expects;
+        returns the query string to append ("" or "?…")."""
+        for name, value in provider.default_headers:
+            headers.setdefault(name, value)
+        for name, value in provider.fixed_headers:
+            headers[name] = value
+        if provider.auth_header:
+            headers[provider.auth_header] = provider.auth_prefix + secret
+        if provider.auth_query:
+            params = [*params, (provider.auth_query, secret)]
+        return "?" + urlencode(params) if params else ""
+
+    # --- sending ---------------------------------------------------------------------
+    async def send(
+        self,
+        session: aiohttp.ClientSession,
+        provider: Provider,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> aiohttp.ClientResponse:
+        """The provider's response (headers read), or the ApiError that says why not."""
+        try:
+            return await session.request(
+                method, url, data=body, headers=headers, allow_redirects=False
+            )
+        except Exception as exc:
+            raise transport_error(exc, provider) from None
+
+    async def probe(self, provider: Provider, secret: str, base_url: str | None) -> int:
+        """GET the provider's verify_path with `secret`; its status says if the key works."""
+        if provider.spec.verify_path is None:
+            raise ApiError(
+                400,
+                f'Provider "{provider.name}" has no cheap endpoint to check a key with; '
+                f"replace the key with POST /keys/{provider.name} instead.",
+            )
+        session, url = self.target(provider, provider.spec.verify_path, base_url)
+        headers = {"user-agent": USER_AGENT}
+        url += self.authorize(provider, secret, headers, [])
+        response = await self.send(session, provider, "GET", url, None, headers)
+        response.release()
+        return response.status
+
+
+def transport_error(exc: BaseException, provider: Provider) -> ApiError:
+    """Every way a call to a provider can fail before its answer, as the relay says it."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        forbidden = forbidden_cause(exc)
+        if forbidden is not None:
+            return ApiError(400, str(forbidden))
+    elif isinstance(exc, aiohttp.ServerTimeoutError) and not isinstance(
+        exc, aiohttp.ConnectionTimeoutError
+    ):
+        # Connected, but no response headers within UPSTREAM_TIMEOUT_S.
+        return ApiError(504, f'Provider "{provider.name}" did not answer in time.')
+    elif not isinstance(exc, TimeoutError | aiohttp.ClientError):
+        raise exc
+    # No TCP connection at all is "unreachable" (502), not "slow to answer" (504).
+    return ApiError(502, f'Could not reach provider "{provider.name}".')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from byok_relay.logs import log_event
 from byok_relay.periodic import Periodic
@@ -82,9 +83,26 @@ class UsageRecorder:
             self._last_purge = now
             await self._purge()
 
+    # --- reading (GET /stats) --------------------------------------------------------
+    async def user_stats(self, user_id: str) -> dict[str, Any]:
+        """The reference relay's per-user fields plus token totals; this process's newest
+        requests count at once (flushed first)."""
+        await self.flush()
+        stats = await self._storage.usage_stats("user_id", user_id, _now())
+        stats.pop("user_count", None)
+        return stats
+
+    async def app_stats(self, app_id: str) -> dict[str, Any]:
+        await self.flush()
+        return await self._storage.usage_stats("app_id", app_id, _now())
+
     def start(self) -> None:
         self._writer.start()
 
     async def stop(self) -> None:
         await self._writer.stop()
         await self.flush()
+
+
+def _now() -> int:
+    return int(time.time() * 1000)

@@ -2,21 +2,20 @@
 
 The cache holds decrypted keys in this process's memory for CACHE_TTL_S so the hot path
 does no database read and no decryption for a key used in the last seconds. A key stored,
-replaced or deleted here is dropped at once, and announced on the invalidation bus
-(`bus.py`) so every other instance drops it too.
+replaced or deleted here is invalidated through the bus (`bus.py`): dropped here at once
+and on every other instance within milliseconds.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from byok_relay.bus import InvalidationBus
+from byok_relay.cache import InvalidatingCache
 from byok_relay.crypto import DecryptionError, KeyCipher, SealedKey, key_hint
 from byok_relay.logs import log_event
 from byok_relay.storage import KeyInfo, Storage
-
-_CACHE_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,28 +29,29 @@ class KeyUnreadable(Exception):
 
 
 class Vault:
-    def __init__(self, storage: Storage, cipher: KeyCipher, cache_ttl_s: float) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        cipher: KeyCipher,
+        cache_ttl_s: float,
+        bus: InvalidationBus | None = None,
+    ) -> None:
         self._storage = storage
         self._cipher = cipher
-        self.configured_ttl = cache_ttl_s
-        #: Effective TTL; the invalidation bus lowers it while it cannot hear other instances.
-        self.ttl = cache_ttl_s
-        self._cache: dict[tuple[str, str], tuple[float, OpenKey]] = {}
-        # Bumped by every invalidation: a read that raced with one is not cached.
-        self._epoch = 0
-        #: Set by the invalidation bus: tells the other instances what to forget.
-        self.announce: Callable[..., None] | None = None
+        self._bus = bus
+        self.keys: InvalidatingCache[tuple[str, str], OpenKey] = InvalidatingCache(
+            "keys", cache_ttl_s
+        )
 
     async def get(self, user_id: str, provider: str) -> OpenKey | None:
         cache_key = (user_id, provider)
-        now = time.monotonic()
-        hit = self._cache.get(cache_key)
-        if hit is not None and now - hit[0] < self.ttl:
-            return hit[1]
-        epoch = self._epoch
+        cache = self.keys
+        hit = cache.get(cache_key)
+        if hit is not None:
+            return hit
+        epoch = cache.epoch
         stored = await self._storage.get_key(user_id, provider)
         if stored is None:
-            self._cache.pop(cache_key, None)
             return None
         try:
             secret = self._cipher.open(
@@ -61,10 +61,7 @@ class Vault:
             log_event("stored key cannot be decrypted", 40, provider=provider, reason=str(exc))
             raise KeyUnreadable(str(exc)) from None
         opened = OpenKey(secret, stored.base_url)
-        if epoch == self._epoch:  # else an invalidation arrived during the read
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[cache_key] = (now, opened)
+        cache.put_if_current(cache_key, opened, epoch)
         return opened
 
     async def put(self, user_id: str, provider: str, secret: str, base_url: str | None) -> None:
@@ -78,37 +75,26 @@ class Vault:
             base_url,
             int(time.time() * 1000),
         )
-        self.forget(user_id, provider)
+        self._invalidate(user_id, provider)
 
     async def delete(self, user_id: str, provider: str) -> bool:
         deleted = await self._storage.delete_key(user_id, provider)
-        self.forget(user_id, provider)
+        self._invalidate(user_id, provider)
         return deleted
 
     async def list(self, user_id: str) -> list[KeyInfo]:
         return await self._storage.list_keys(user_id)
 
-    # Call forget* after the database change has committed: here and on every instance.
-    def forget(self, user_id: str, provider: str) -> None:
-        self.drop(user_id, provider)
-        if self.announce is not None:
-            self.announce("key", user_id, provider)
+    def _invalidate(self, user_id: str, provider: str) -> None:
+        # After the database change has committed: here and on every instance.
+        if self._bus is not None:
+            self._bus.invalidate("key", user_id, provider)
+        else:
+            self.drop(user_id, provider)
 
-    def forget_user(self, user_id: str) -> None:
-        self.drop_user(user_id)
-        if self.announce is not None:
-            self.announce("user", user_id)
-
-    # drop* and clear act on this process only (the bus calls them).
+    # --- invalidation handlers (the bus calls them, here and on every instance) ---------
     def drop(self, user_id: str, provider: str) -> None:
-        self._epoch += 1
-        self._cache.pop((user_id, provider), None)
+        self.keys.drop((user_id, provider))
 
     def drop_user(self, user_id: str) -> None:
-        self._epoch += 1
-        for key in [k for k in self._cache if k[0] == user_id]:
-            del self._cache[key]
-
-    def clear(self) -> None:
-        self._epoch += 1
-        self._cache.clear()
+        self.keys.drop_where(lambda k, _: k[0] == user_id)

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from byok_relay.auth import Principal
+from byok_relay.auth import SCOPED_CANNOT_MANAGE, Principal
 from byok_relay.bodies import read_body
 from byok_relay.crypto import constant_time_equals
 from byok_relay.errors import ApiError, json_response
@@ -67,11 +67,18 @@ def endpoint(
     return register
 
 
-def _field_message(err: Any) -> str:
+def _field_message(err: Any, model: type[BaseModel]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "body"
     kind = err["type"]
     if kind == "missing":
         return f"{loc} is required"
+    if kind == "extra_forbidden":
+        known = ", ".join(model.model_fields) if len(err["loc"]) == 1 else "see GET /docs"
+        return f"{loc} is not a known field (known: {known})"
+    if kind in {"int_type", "int_parsing", "int_from_float"}:
+        return f"{loc} must be an integer"
+    if kind == "literal_error":
+        return f"{loc}: {err['msg']}"
     if kind in {"string_type", "str_type"}:
         return f"{loc} must be a string"
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -108,7 +115,7 @@ async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, _field_message(exc.errors()[0])) from None
+        raise ApiError(400, _field_message(exc.errors()[0], model)) from None
 
 
 def bearer_matches(request: web.Request, secret: str) -> bool:
@@ -139,6 +146,9 @@ def make_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRe
         if ep.auth == "token":
             principal: Principal = await svc.auth.authenticate(request.headers)
             request["user_id"] = principal.user_id
+            if principal.scoped is not None:
+                # Scoped tokens are for relay routes only (SPEC §9).
+                raise ApiError(403, SCOPED_CANNOT_MANAGE)
             kwargs["principal"] = principal
         elif ep.auth in ("app_secret", "app_secret_required"):
             require_app_secret(request, svc, required=ep.auth == "app_secret_required")

@@ -42,7 +42,7 @@ async def verify_key(
             400,
             f'No API key stored for provider "{provider.name}". POST /keys/{provider.name} first.',
         )
-    status = await svc.relay.probe(provider, key.secret, key.base_url)
+    status = await svc.upstream.probe(provider, key.secret, key.base_url)
     return VerifyKeyResponse(ok=200 <= status < 300, status=status)
 
 
@@ -66,7 +66,7 @@ async def rotate_key(
     except KeyUnreadable:
         current = None
     base_url = current.base_url if current else None
-    status = await svc.relay.probe(provider, body.key, base_url)
+    status = await svc.upstream.probe(provider, body.key, base_url)
     if status in _REJECTED:
         raise ApiError(
             422,

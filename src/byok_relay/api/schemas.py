@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 APP_ID_MAX = 128
 KEY_MIN, KEY_MAX = 10, 4096
@@ -121,3 +123,152 @@ class RotateKeyResponse(BaseModel):
     ok: bool
     provider: str
     rotated: bool
+
+
+# --- spend control (SPEC §9) ---------------------------------------------------------
+LABEL_MAX = 128
+_LIST_MAX = 64
+
+
+class _StrictBody(BaseModel):
+    """New bodies refuse unknown fields: a typo must not silently mean "no limit"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _non_empty(v: list[str] | None, what: str) -> list[str] | None:
+    if v is None:
+        return None
+    if not v:
+        raise ValueError(f"must list at least one {what} (omit the field for no restriction)")
+    if len(v) > _LIST_MAX:
+        raise ValueError(f"may list at most {_LIST_MAX} entries")
+    for item in v:
+        if not item.strip() or len(item) > 256 or any(_is_control(c) for c in item):
+            raise ValueError(f"entries must be non-empty {what}s of at most 256 characters")
+    return v
+
+
+def _check_origin(origin: str) -> str:
+    parts = urlsplit(origin)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError(
+            f'"{origin}" is not an origin: send scheme://host[:port] exactly as the '
+            'browser sends it, e.g. "https://app.example"'
+        )
+    return origin.rstrip("/")
+
+
+class TokenBudget(_StrictBody):
+    requests: StrictInt | None = Field(None, ge=0, description="Relayed requests, ever.")
+    tokens: StrictInt | None = Field(None, ge=0, description="Input + output tokens, ever.")
+
+
+class ScopedTokenRequest(_StrictBody):
+    label: StrictStr | None = Field(None, description="Your name for it (at most 128 chars).")
+    providers: list[StrictStr] | None = Field(None, description="Provider names it may use.")
+    models: list[StrictStr] | None = Field(
+        None, description='Model globs it may use ("gpt-4o*"), matched case-insensitively.'
+    )
+    origins: list[StrictStr] | None = Field(
+        None, description='Exact origins ("https://app.example"); a request without Origin '
+        "is refused."
+    )  # fmt: skip
+    ips: list[StrictStr] | None = Field(
+        None, description='CIDRs the client address must fall in ("203.0.113.0/24").'
+    )
+    ttl_s: StrictInt = Field(3600, description="Lifetime in seconds (SCOPED_TOKEN_MAX_TTL_S).")
+    budget: TokenBudget | None = Field(None, description="Caps over the token's whole life.")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > LABEL_MAX or any(_is_control(c) for c in v)):
+            raise ValueError(f"must be at most {LABEL_MAX} characters, no control characters")
+        return v
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, v: list[str] | None) -> list[str] | None:
+        return _non_empty(v, "provider name")
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str] | None) -> list[str] | None:
+        return _non_empty(v, "model pattern")
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, v: list[str] | None) -> list[str] | None:
+        v = _non_empty(v, "origin")
+        return [_check_origin(o) for o in v] if v is not None else None
+
+    @field_validator("ips")
+    @classmethod
+    def _ips(cls, v: list[str] | None) -> list[str] | None:
+        v = _non_empty(v, "CIDR")
+        if v is None:
+            return None
+        out = []
+        for cidr in v:
+            try:
+                out.append(str(ipaddress.ip_network(cidr.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f'"{cidr}" is not a CIDR: send an address or network such as '
+                    '"203.0.113.7" or "203.0.113.0/24" (IPv4 prefix at most /32, IPv6 /128)'
+                ) from None
+        return out
+
+
+class ScopedTokenUsage(BaseModel):
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+class ScopedTokenResponse(BaseModel):
+    token: str = Field(description="The scoped token (byok_st_…); shown only once.")
+    id: str
+    label: str | None
+    scope: dict[str, Any]
+    expires_at: int
+
+
+class ScopedTokenEntry(BaseModel):
+    id: str
+    label: str | None
+    scope: dict[str, Any]
+    created_at: int
+    expires_at: int
+    last_used_at: int | None
+    usage: ScopedTokenUsage
+
+
+class ScopedTokenList(BaseModel):
+    tokens: list[ScopedTokenEntry]
+
+
+class BudgetCaps(_StrictBody):
+    requests: StrictInt | None = Field(None, ge=0, description="Requests in the window.")
+    tokens: StrictInt | None = Field(None, ge=0, description="Input + output tokens.")
+
+
+class BudgetRequest(_StrictBody):
+    window: Literal["hour", "day", "month"] = Field(description="UTC calendar period.")
+    requests: StrictInt | None = Field(None, ge=0, description="Relayed requests per window.")
+    tokens: StrictInt | None = Field(None, ge=0, description="Input + output tokens per window.")
+    providers: dict[str, BudgetCaps] | None = Field(
+        None, description="Caps per provider inside the same window."
+    )
+
+
+class BudgetResponse(BaseModel):
+    budget: dict[str, Any]

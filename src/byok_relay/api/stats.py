@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -17,10 +16,7 @@ async def user_stats(request: web.Request, svc: Services, principal: Principal) 
     """The reference relay's fields (total, last_7d, last_30d, error_count, error_rate,
     providers, top_models, last_request) plus input/output token totals. Rows are written
     about once a second, so the newest request may take a moment to appear."""
-    await svc.usage.flush()  # the caller's own recent requests count at once
-    stats = await svc.storage.usage_stats("user_id", principal.user_id, _now())
-    stats.pop("user_count", None)
-    return stats
+    return await svc.usage.user_stats(principal.user_id)
 
 
 @endpoint(
@@ -34,10 +30,4 @@ async def user_stats(request: web.Request, svc: Services, principal: Principal) 
 async def app_stats(request: web.Request, svc: Services) -> dict[str, Any]:
     """Send `Authorization: Bearer <APP_SECRET>`; 503 when the relay has no APP_SECRET."""
     app_id = request.match_info["app_id"]
-    await svc.usage.flush()
-    stats = await svc.storage.usage_stats("app_id", app_id, _now())
-    return {"app_id": app_id, **stats}
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
+    return {"app_id": app_id, **await svc.usage.app_stats(app_id)}

@@ -55,6 +55,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
             ModelPattern("text-embedding-*", "/v1/embeddings"),
         ),
         verify_path="/v1/models",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "google",
@@ -102,6 +103,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
             ModelPattern("qwen*"),
         ),
         verify_path="/openai/v1/models",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "openrouter",
@@ -115,6 +117,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         pass_headers=("http-referer", "x-title"),
         chat_path="/api/v1/chat/completions",
         verify_path="/api/v1/key",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "mistral",
@@ -144,6 +147,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         chat_path="/chat/completions",
         models=(ModelPattern("deepseek-*"),),
         verify_path="/models",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "xai",
@@ -153,6 +157,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         chat_path="/v1/chat/completions",
         models=(ModelPattern("grok-*"),),
         verify_path="/v1/models",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "together",
@@ -160,6 +165,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         paths=(*_OPENAI_LIKE, "/v1/images/generations", "/v1/rerank"),
         chat_path="/v1/chat/completions",
         verify_path="/v1/models",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "fireworks",
@@ -173,6 +179,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         chat_path="/inference/v1/chat/completions",
         models=(ModelPattern("accounts/fireworks/**"),),
         verify_path="/inference/v1/models",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "perplexity",
@@ -207,6 +214,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         paths=_OPENAI_LIKE,
         chat_path="/v1/chat/completions",
         verify_path="/v1/models",
+        stream_usage_option=True,
     ),
     ProviderSpec(
         "elevenlabs",

@@ -46,6 +46,9 @@ class ProviderSpec:
     chat_path: str | None = None
     stream_chat_path: str | None = None  # instead of chat_path for "stream": true
     unified_drop_fields: tuple[str, ...] = ()
+    # Accepts OpenAI's stream_options.include_usage on */chat/completions: the relay adds
+    # it to streams that did not ask, to count tokens, and hides the extra chunk again.
+    stream_usage_option: bool = False
     # Query parameters added when the client sent none: (path suffix, name, value).
     default_query: tuple[tuple[str, str, str], ...] = ()
     models: tuple[ModelPattern, ...] = ()  # bare-name routing for POST /relay

@@ -3,19 +3,23 @@
 from byok_relay.storage.base import (
     KeyInfo,
     RequestLogRow,
+    ScopedTokenRecord,
     Storage,
     StorageUnavailable,
     StoredKey,
     TokenRecord,
+    UsageTotals,
 )
 from byok_relay.storage.factory import open_storage
 
 __all__ = [
     "KeyInfo",
     "RequestLogRow",
+    "ScopedTokenRecord",
     "Storage",
     "StorageUnavailable",
     "StoredKey",
     "TokenRecord",
+    "UsageTotals",
     "open_storage",
 ]

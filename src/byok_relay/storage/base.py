@@ -21,6 +21,31 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ScopedTokenRecord:
+    """A scoped token (SPEC §9). `parent_hash` is the relay token that minted it: its
+    revocation revokes this one; its rotation hands this one to the successor."""
+
+    id: str
+    token_hash: str
+    user_id: str
+    app_id: str
+    parent_hash: str
+    label: str | None
+    scope: str  # JSON (scopes.Scope.to_json)
+    created_at: int
+    expires_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    last_used_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredKey:
     key_version: str
     ciphertext: bytes
@@ -57,6 +82,7 @@ class RequestLogRow:
     input_tokens: int | None
     output_tokens: int | None
     created_at: int
+    token_id: str | None = None  # the scoped token used, if any
 
 
 class Storage(abc.ABC):
@@ -105,7 +131,33 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> bool:
-        """Erase the user, their tokens, keys and request-log rows."""
+        """Erase the user, their tokens, scoped tokens, budget, keys and request-log rows."""
+
+    # scoped tokens (revoke_token revokes the ones a token minted; rotate_token moves them)
+    @abc.abstractmethod
+    async def create_scoped_token(self, record: ScopedTokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def lookup_scoped_token(self, token_hash: str) -> ScopedTokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_scoped_tokens(self, user_id: str, now: int) -> list[ScopedTokenRecord]:
+        """The user's scoped tokens that are neither revoked nor expired, newest first."""
+
+    @abc.abstractmethod
+    async def revoke_scoped_token(self, user_id: str, token_id: str, now: int) -> str | None:
+        """Revoke one of the user's scoped tokens; its hash, or None if none was live."""
+
+    # owner budgets
+    @abc.abstractmethod
+    async def get_budget(self, user_id: str) -> str | None:
+        """The user's budget as stored (JSON), or None."""
+
+    @abc.abstractmethod
+    async def put_budget(self, user_id: str, budget: str, now: int) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_budget(self, user_id: str) -> bool: ...
 
     # keys
     @abc.abstractmethod
@@ -156,3 +208,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def usage_stats(self, column: str, value: str, now: int) -> dict[str, Any]:
         """Request-log aggregates where `column` (user_id or app_id) = value."""
+
+    @abc.abstractmethod
+    async def usage_since(self, user_id: str, since: int) -> dict[str, UsageTotals]:
+        """The user's requests and tokens since `since`, per provider."""
+
+    @abc.abstractmethod
+    async def usage_by_token(self, user_id: str) -> dict[str, UsageTotals]:
+        """The user's requests and tokens per scoped token id."""

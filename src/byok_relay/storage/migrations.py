@@ -81,6 +81,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX request_log_created ON request_log (created_at)",
         ),
     ),
+    Migration(
+        2,
+        "scoped tokens, owner budgets, request_log.token_id",
+        (
+            # Scoped tokens (SPEC §9) are apart from relay tokens: they cannot manage the
+            # account, and a parent's revocation revokes them by parent_hash.
+            """CREATE TABLE scoped_tokens (
+                id TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL UNIQUE,
+                user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                parent_hash TEXT NOT NULL,
+                label TEXT,
+                scope TEXT NOT NULL,
+                created_at {bigint} NOT NULL,
+                expires_at {bigint} NOT NULL,
+                revoked_at {bigint}
+            )""",
+            "CREATE INDEX scoped_tokens_user ON scoped_tokens (user_id)",
+            "CREATE INDEX scoped_tokens_parent ON scoped_tokens (parent_hash)",
+            """CREATE TABLE budgets (
+                user_id TEXT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+                budget TEXT NOT NULL,
+                updated_at {bigint} NOT NULL
+            )""",
+            "ALTER TABLE request_log ADD COLUMN token_id TEXT",
+            "CREATE INDEX request_log_token ON request_log (token_id)",
+        ),
+    ),
 )
 
 

@@ -15,10 +15,12 @@ from typing import Any, Protocol
 from byok_relay.storage.base import (
     KeyInfo,
     RequestLogRow,
+    ScopedTokenRecord,
     SealedRow,
     Storage,
     StoredKey,
     TokenRecord,
+    UsageTotals,
 )
 from byok_relay.storage.migrations import CREATE_MIGRATIONS_TABLE, MIGRATIONS, render
 
@@ -116,6 +118,12 @@ class SQLStorage(Storage):
                 "UPDATE tokens SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
                 (now, token_hash),
             )
+            # Every scoped token it minted dies with it.
+            await tx.execute(
+                "UPDATE scoped_tokens SET revoked_at = ?"
+                " WHERE parent_hash = ? AND revoked_at IS NULL",
+                (now, token_hash),
+            )
         return n > 0
 
     async def rotate_token(
@@ -142,14 +150,88 @@ class SQLStorage(Storage):
                 " VALUES (?, ?, ?, ?)",
                 (new_hash, row[0], now, expires_at),
             )
+            # Rotation keeps the scoped tokens alive: the successor becomes their parent.
+            await tx.execute(
+                "UPDATE scoped_tokens SET parent_hash = ? WHERE parent_hash = ?",
+                (new_hash, old_hash),
+            )
         return True
 
     async def delete_user(self, user_id: str) -> bool:
         async with self._write() as tx:
             await tx.execute("DELETE FROM request_log WHERE user_id = ?", (user_id,))
             await tx.execute("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM scoped_tokens WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM budgets WHERE user_id = ?", (user_id,))
             await tx.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
             n = await tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        return n > 0
+
+    # --- scoped tokens -----------------------------------------------------------
+    _SCOPED_COLUMNS = (
+        "s.id, s.token_hash, s.user_id, u.app_id, s.parent_hash, s.label, s.scope,"
+        " s.created_at, s.expires_at, s.revoked_at"
+        " FROM scoped_tokens s JOIN users u ON u.id = s.user_id"
+    )
+
+    async def create_scoped_token(self, record: ScopedTokenRecord) -> None:
+        r = record
+        async with self._write() as tx:
+            await tx.execute(
+                "INSERT INTO scoped_tokens (id, token_hash, user_id, parent_hash, label, scope,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (r.id, r.token_hash, r.user_id, r.parent_hash, r.label, r.scope,
+                 r.created_at, r.expires_at),
+            )  # fmt: skip
+
+    async def lookup_scoped_token(self, token_hash: str) -> ScopedTokenRecord | None:
+        async with self._read() as tx:
+            row = await tx.fetchone(
+                f"SELECT {self._SCOPED_COLUMNS} WHERE s.token_hash = ?", (token_hash,)
+            )
+        return ScopedTokenRecord(*row) if row else None
+
+    async def list_scoped_tokens(self, user_id: str, now: int) -> list[ScopedTokenRecord]:
+        async with self._read() as tx:
+            rows = await tx.fetchall(
+                f"SELECT {self._SCOPED_COLUMNS} WHERE s.user_id = ? AND s.revoked_at IS NULL"
+                " AND s.expires_at > ? ORDER BY s.created_at DESC, s.id",
+                (user_id, now),
+            )
+        return [ScopedTokenRecord(*r) for r in rows]
+
+    async def revoke_scoped_token(self, user_id: str, token_id: str, now: int) -> str | None:
+        async with self._write() as tx:
+            row = await tx.fetchone(
+                "SELECT token_hash FROM scoped_tokens WHERE id = ? AND user_id = ?"
+                " AND revoked_at IS NULL",
+                (token_id, user_id),
+            )
+            if row is None:
+                return None
+            await tx.execute(
+                "UPDATE scoped_tokens SET revoked_at = ? WHERE id = ?", (now, token_id)
+            )
+        return str(row[0])
+
+    # --- owner budgets -----------------------------------------------------------
+    async def get_budget(self, user_id: str) -> str | None:
+        async with self._read() as tx:
+            row = await tx.fetchone("SELECT budget FROM budgets WHERE user_id = ?", (user_id,))
+        return str(row[0]) if row else None
+
+    async def put_budget(self, user_id: str, budget: str, now: int) -> None:
+        async with self._write() as tx:
+            await tx.execute(
+                "INSERT INTO budgets (user_id, budget, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET budget = excluded.budget,"
+                " updated_at = excluded.updated_at",
+                (user_id, budget, now),
+            )
+
+    async def delete_budget(self, user_id: str) -> bool:
+        async with self._write() as tx:
+            n = await tx.execute("DELETE FROM budgets WHERE user_id = ?", (user_id,))
         return n > 0
 
     # --- keys ------------------------------------------------------------------
@@ -241,8 +323,8 @@ class SQLStorage(Storage):
                     # Only for users that still exist: a stream that ends after
                     # DELETE /users (on any instance) must not leave a row behind.
                     "INSERT INTO request_log (user_id, app_id, provider, model, status,"
-                    " latency_ms, streaming, input_tokens, output_tokens, created_at)"
-                    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                    " latency_ms, streaming, input_tokens, output_tokens, created_at, token_id)"
+                    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
                     " WHERE EXISTS (SELECT 1 FROM users WHERE id = ?)",
                     [
                         (
@@ -256,6 +338,7 @@ class SQLStorage(Storage):
                             r.input_tokens,
                             r.output_tokens,
                             r.created_at,
+                            r.token_id,
                             r.user_id,
                         )
                         for r in rows
@@ -321,6 +404,32 @@ class SQLStorage(Storage):
             "last_request": int(t[6]) if t[6] is not None else None,
             "user_count": int(t[7] or 0),
         }
+
+    async def usage_since(self, user_id: str, since: int) -> dict[str, UsageTotals]:
+        async with self._read() as tx:
+            rows = await tx.fetchall(
+                "SELECT provider, COUNT(*), SUM(COALESCE(input_tokens, 0)),"
+                " SUM(COALESCE(output_tokens, 0)), MAX(created_at) FROM request_log"
+                " WHERE user_id = ? AND created_at >= ? GROUP BY provider",
+                (user_id, since),
+            )
+        return {r[0]: _totals(r) for r in rows}
+
+    async def usage_by_token(self, user_id: str) -> dict[str, UsageTotals]:
+        async with self._read() as tx:
+            rows = await tx.fetchall(
+                "SELECT token_id, COUNT(*), SUM(COALESCE(input_tokens, 0)),"
+                " SUM(COALESCE(output_tokens, 0)), MAX(created_at) FROM request_log"
+                " WHERE user_id = ? AND token_id IS NOT NULL GROUP BY token_id",
+                (user_id,),
+            )
+        return {r[0]: _totals(r) for r in rows}
+
+
+def _totals(r: Row) -> UsageTotals:
+    return UsageTotals(
+        int(r[1] or 0), int(r[2] or 0), int(r[3] or 0), int(r[4]) if r[4] is not None else None
+    )
 
 
 def _now() -> int:
