@@ -532,6 +532,7 @@ def phase_json(b: Bench, json_port: int) -> None:
         log(f"1 connection, {a.duration}s each: direct, then relay")
         direct1 = b.wrk(json_port, DIRECT_CHAT, 1, a.duration, [token])
         relay1 = b.measured_wrk(relay, port, RELAY_CHAT, 1, a.duration, [token])
+        spend = measure_spend_control(b, relay, port, token)
         time.sleep(1.5)  # let the usage recorder flush its batch
         rows = _count_rows(b.work / "relay.db", "request_log")
         log_lines = _count_lines(b.work / "relay-json.log")
@@ -548,7 +549,44 @@ def phase_json(b: Bench, json_port: int) -> None:
         "request_log_rows": rows,
         "access_log_lines": log_lines,
         "floor": floor,
+        "spend": spend,
     }
+
+
+def measure_spend_control(
+    b: Bench, relay: subprocess.Popen[Any], port: int, token: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The same load with every spend-control check in use (SPEC §9): a second user with
+    an owner budget (window + per-provider caps) relaying through a scoped token bound to
+    provider, models, origin, client address and a lifetime budget; against the plain
+    user (no budget, relay token) on the same relay process."""
+    owner = b.setup_user(port)
+    base = f"http://127.0.0.1:{port}"
+    big = 10**12  # caps that are never reached: the checks run, nothing is refused
+    status, body = http(
+        "PUT", f"{base}/budget",
+        {"window": "day", "requests": big, "tokens": big,
+         "providers": {"openai": {"requests": big, "tokens": big}}},
+        {"x-relay-token": owner},
+    )  # fmt: skip
+    if status != 200:
+        raise RuntimeError(f"PUT /budget → {status} {body}")
+    status, body = http(
+        "POST", f"{base}/tokens",
+        {"providers": ["openai"], "models": ["gpt-*"], "origins": [ORIGIN],
+         "ips": ["127.0.0.0/8"], "ttl_s": 86400, "budget": {"requests": big, "tokens": big}},
+        {"x-relay-token": owner},
+    )  # fmt: skip
+    if status != 201:
+        raise RuntimeError(f"POST /tokens → {status} {body}")
+    scoped = body["token"]
+    b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [scoped])
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for i in range(2):  # interleaved, so drift within the run hits both sides alike
+        log(f"spend control, round {i + 1}/2: plain user, then scoped token + budgets")
+        runs["off"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [token]))
+        runs["on"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [scoped]))
+    return runs
 
 
 def measure_floor(b: Bench, json_port: int, token: str) -> dict[str, Any] | None:
@@ -992,6 +1030,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"added <= {lim} ms",
                 rr - dd <= lim,
             )
+        sp = j.get("spend")
+        if sp:
+            off, on = (statistics.mean(r["cpu_us_per_request"] for r in sp[k]) for k in sp)
+            add("spend control: CPU µs/req @64, off → on", "-", f"{off:.0f} → {on:.0f}",
+                f"{(on / off - 1) * 100:+.1f} %", "<= +10 %", on <= off * 1.10)  # fmt: skip
+            errs_sp = sum(x["errors"] for k in ("off", "on") for x in sp[k])
+            add("spend control: non-2xx/socket errors", "-", errs_sp, "-", "0", errs_sp == 0)
         errs = r64["errors"] + r1["errors"]
         add("relay non-2xx/socket errors", d64["errors"] + d1["errors"], errs, "-", "0", errs == 0)
         add(

@@ -14,6 +14,7 @@ Chromium comes from Debian (``.ci/install-browser.sh``); these tests skip when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import os
 import threading
@@ -180,6 +181,50 @@ window.scenario = async (relayUrl) => {
   return out
 }
 
+// Spend control (SPEC §9). The owner, on this origin, mints a scoped token bound to another.
+const OWNER = { appId: 'browser-scoped', storageKey: 'owner-token' }
+async function attempt (fn) {
+  try { return { ok: await fn() } } catch (e) {
+    const retryAfter = e && e.headers && e.headers.get('retry-after')
+    return { ...describe(e), code: e && e.body && e.body.code, retryAfter }
+  }
+}
+window.mintScoped = async (relayUrl, origin) => {
+  const owner = new RelayClient({ baseUrl: relayUrl, ...OWNER })
+  await owner.ensureToken()
+  await owner.storeKey('openai', 'sk-fake-openai-browser-0004')
+  return owner.createScopedToken({
+    label: 'tab', providers: ['openai'], origins: [origin], ttl_s: 900, budget: { requests: 2 }
+  })
+}
+// Any page, with only the scoped token it was handed.
+window.useScoped = async (relayUrl, token, what) => {
+  const page = new RelayClient({ baseUrl: relayUrl, token })
+  const chat = (model) => page.chat({ model, messages: MESSAGES, max_tokens: 16 })
+  const out = {}
+  for (const step of what) {
+    if (step !== 'stream') out[step] = await attempt(() => chat(step).then(extractText))
+    else {
+      const body = { model: 'openai/mock-slow', messages: MESSAGES }
+      out.stream = await attempt(() => timed(page.streamChat(body)))
+    }
+  }
+  out.localStorageToken = localStorage.getItem('byok-relay-token')
+  return out
+}
+window.ownerView = async (relayUrl, revokeId) => {
+  const owner = new RelayClient({ baseUrl: relayUrl, ...OWNER })
+  const out = { tokens: (await owner.listTokens()).tokens }
+  out.budget = await owner.setBudget({ window: 'day', requests: 100 })
+  out.budgetNow = await owner.getBudget()
+  if (revokeId) {
+    out.revoked = await owner.revokeToken(revokeId)
+    out.tokensAfter = (await owner.listTokens()).tokens
+  }
+  out.ownerTokenKept = owner.token !== null
+  return out
+}
+
 // parseSSE on a hand-made stream, split at every byte boundary.
 window.parserCheck = async () => {
   const enc = new TextEncoder()
@@ -227,9 +272,9 @@ class _PageHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def other_origin(relay: Any) -> Iterator[str]:
-    """Serve the cross-origin test page from a second loopback origin."""
+@contextlib.contextmanager
+def _page_origin(relay: Any) -> Iterator[str]:
+    """Serve the cross-origin test page from a loopback origin of its own."""
     relay_url = str(relay.url).rstrip("/")
     page = CROSS_ORIGIN_PAGE.replace("__RELAY__", relay_url).encode()
     handler = type("Handler", (_PageHandler,), {"page": page})
@@ -243,6 +288,18 @@ def other_origin(relay: Any) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def other_origin(relay: Any) -> Iterator[str]:
+    with _page_origin(relay) as origin:
+        yield origin
+
+
+@pytest.fixture
+def third_origin(relay: Any) -> Iterator[str]:
+    with _page_origin(relay) as origin:
+        yield origin
 
 
 def _watch_console(page: Any) -> list[str]:
@@ -345,6 +402,69 @@ async def test_client_js_cross_origin_streaming(
     await context.close()
 
 
+async def _open(browser: Any, origin: str) -> tuple[Any, list[str]]:
+    page = await (await browser.new_context()).new_page()
+    errors = _watch_console(page)
+    await page.goto(origin + "/")
+    await page.wait_for_selector("html[data-ready='1']", state="attached", timeout=15_000)
+    return page, errors
+
+
+async def test_client_js_scoped_token_from_a_second_origin(
+    browser: Any, relay: Any, mocks: Any, other_origin: str, third_origin: str
+) -> None:
+    """The owner's page mints an origin-bound scoped token; a page on that origin streams
+    with it until its budget is spent; the owner's own origin may not use it; revoked, it
+    stops working (SPEC §9)."""
+    relay_url = str(relay.url).rstrip("/")
+    owner_page, owner_errors = await _open(browser, other_origin)
+    minted = await owner_page.evaluate(
+        "([u, o]) => window.mintScoped(u, o)", [relay_url, third_origin]
+    )
+    assert minted["token"].startswith("byok_st_")
+    assert minted["scope"]["origins"] == [third_origin]
+
+    tab, tab_errors = await _open(browser, third_origin)
+    steps = ["stream", "anthropic/claude-3-5-haiku-latest", "openai/gpt-4o-mini", "openai/gpt-4o"]
+    used = await tab.evaluate(
+        "([u, t, s]) => window.useScoped(u, t, s)", [relay_url, minted["token"], steps]
+    )
+    _assert_incremental(used["stream"]["ok"], "scoped token, unified route")
+    other_provider = used["anthropic/claude-3-5-haiku-latest"]
+    assert other_provider["status"] == 403 and "anthropic" in other_provider["error"]
+    assert used["openai/gpt-4o-mini"] == {"ok": REPLY_TEXT}
+    spent = used["openai/gpt-4o"]
+    assert spent["status"] == 429 and spent["code"] == "budget_exceeded", spent
+    assert spent["retryAfter"] is None  # a lifetime budget does not come back
+    assert used["localStorageToken"] is None, "a handed-in token must not be persisted"
+    upstream = [r for r in mocks.openai.requests if r.path.endswith("/chat/completions")]
+    assert upstream[-1].headers.get("authorization") == "Bearer sk-fake-openai-browser-0004"
+
+    # the owner's own origin is not the one the token is bound to
+    elsewhere = await owner_page.evaluate(
+        "([u, t]) => window.useScoped(u, t, ['openai/gpt-4o-mini'])", [relay_url, minted["token"]]
+    )
+    refused = elsewhere["openai/gpt-4o-mini"]
+    assert refused["status"] == 403 and other_origin in refused["error"], refused
+
+    view = await owner_page.evaluate(
+        "([u, i]) => window.ownerView(u, i)", [relay_url, minted["id"]]
+    )
+    (listed,) = view["tokens"]
+    assert listed["id"] == minted["id"] and listed["usage"]["requests"] == 2
+    assert "token" not in listed
+    assert view["budgetNow"]["budget"]["requests"] == 100
+    assert view["budgetNow"]["usage"]["requests"] == 2
+    assert view["revoked"] == {"ok": True, "deleted": True} and view["tokensAfter"] == []
+    assert view["ownerTokenKept"] is True
+
+    after = await tab.evaluate(
+        "([u, t]) => window.useScoped(u, t, ['openai/gpt-4o-mini'])", [relay_url, minted["token"]]
+    )
+    assert after["openai/gpt-4o-mini"]["status"] == 401
+    assert not [e for e in owner_errors + tab_errors if "pageerror" in e]
+
+
 async def test_parse_sse_in_browser(browser: Any, other_origin: str) -> None:
     context = await browser.new_context()
     page = await context.new_page()
@@ -443,6 +563,59 @@ async def test_demo_page(browser: Any, relay: Any, mocks: Any) -> None:
     unexpected = [e for e in errors if "pageerror" in e]
     assert unexpected == [], unexpected
     await context.close()
+
+
+async def test_demo_page_scoped_token(browser: Any, relay: Any, mocks: Any) -> None:
+    """The demo mints a scoped token, chats with it and shows its remaining budget."""
+    page = await (await browser.new_context()).new_page()
+    errors = _watch_console(page)
+    await page.goto(str(relay.url).rstrip("/") + "/demo")
+    await page.wait_for_selector("html[data-ready='1']", state="attached", timeout=15_000)
+    await page.click("#register")
+    await page.wait_for_function(
+        "() => document.getElementById('token-info').textContent.startsWith('Token ')"
+    )
+    await page.fill("#key-value", "sk-fake-demo-scoped-5555")
+    await page.click("#save-key")
+    await page.wait_for_selector("#key-list li[data-provider='openai']")
+
+    await page.fill("#scoped-requests", "2")
+    await page.click("#mint")
+    await page.wait_for_selector("#scoped-list li[data-token-id]")
+    assert "Minted byok_st_" in await page.inner_text("#scoped-msg")
+    assert await page.is_checked("#use-scoped")
+    assert "2 of 2 requests left" in await page.inner_text("#scoped-list")
+
+    async def send(prompt: str) -> str:
+        await page.evaluate("() => { delete document.documentElement.dataset.lastOutcome }")
+        await page.fill("#prompt", prompt)
+        await page.click("#send")
+        await page.wait_for_function(
+            "() => document.documentElement.dataset.lastOutcome", timeout=15_000
+        )
+        return str(await page.evaluate("() => document.documentElement.dataset.lastOutcome"))
+
+    assert await send("one") == "done"
+    assert await send("two") == "done"
+    assert await send("three") == "error"
+    assert "budget" in (await page.inner_text("#chat-msg")).lower()
+    assert "HTTP 429" in await page.inner_text("#chat-msg")
+    # the list refreshes after each answer: the budget is spent
+    await page.wait_for_function(
+        "() => document.getElementById('scoped-list').textContent.includes('0 of 2 requests left')",
+        timeout=10_000,
+    )
+    assert mocks.openai.last_request.headers.get("authorization") == (
+        "Bearer sk-fake-demo-scoped-5555"
+    )
+
+    await page.click("#scoped-list li[data-token-id] button")
+    await page.wait_for_function("() => !document.querySelector('#scoped-list li[data-token-id]')")
+    assert "Revoked" in await page.inner_text("#scoped-msg")
+    assert not await page.is_checked("#use-scoped")
+    assert await send("four") == "done"  # back on the relay token
+    assert not [e for e in errors if "pageerror" in e], errors
+    await page.context.close()
 
 
 @pytest.mark.parametrize(

@@ -233,3 +233,56 @@ async def test_python_client_json_answer_to_stream(relay: Any) -> None:
         assert len(events) == 1
         assert extract_text(events[0].json()) == REPLY_TEXT
         await client.delete_user()
+
+
+async def test_python_client_spend_control(relay: Any, mocks: Any) -> None:
+    """Mint, use, list and revoke a scoped token; set, read and clear the owner budget."""
+    app_secret = relay.env.get("APP_SECRET") or None
+    async with RelayClient(relay.url, app_id="py-client-spend", app_secret=app_secret) as client:
+        await client.register()
+        await client.store_key("openai", OPENAI_KEY)
+
+        minted = await client.create_scoped_token(
+            label="tab", providers=["openai"], models=["gpt-4o*"], ttl_s=900,
+            budget={"requests": 2},
+        )  # fmt: skip
+        assert minted["token"].startswith("byok_st_") and minted["label"] == "tab"
+        assert minted["scope"]["providers"] == ["openai"]
+        assert 0 < minted["expires_at"] / 1000 - time.time() <= 900  # ms, as register answers
+        assert client.token != minted["token"], "minting must not replace the relay token"
+
+        scoped = client.for_token(minted["token"])
+        assert extract_text(await scoped.chat("openai/gpt-4o-mini", MESSAGES)) == REPLY_TEXT
+        with pytest.raises(RelayError) as refused:
+            await scoped.chat("openai/gpt-4.1", MESSAGES)
+        assert refused.value.status == 403 and "gpt-4.1" in refused.value.message
+        assert extract_text(await scoped.chat("openai/gpt-4o", MESSAGES)) == REPLY_TEXT
+        with pytest.raises(RelayError) as refused:
+            await scoped.chat("openai/gpt-4o-mini", MESSAGES)
+        assert refused.value.status == 429 and refused.value.body["code"] == "budget_exceeded"
+        with pytest.raises(RelayError) as refused:
+            await scoped.list_keys()  # a scoped token cannot manage the account
+        assert refused.value.status == 403
+
+        (listed,) = await client.list_tokens()
+        assert listed["id"] == minted["id"] and "token" not in listed
+        assert listed["usage"]["requests"] == 2
+        assert await client.revoke_token(minted["id"]) == {"ok": True, "deleted": True}
+        assert await client.list_tokens() == []
+        with pytest.raises(RelayError) as refused:
+            await scoped.chat("openai/gpt-4o-mini", MESSAGES)
+        assert refused.value.status == 401
+        assert client.token is not None, "revoking a scoped token keeps the relay token"
+
+        await client.set_budget({"window": "day", "providers": {"openai": {"requests": 3}}})
+        got = await client.get_budget()
+        assert got["budget"]["window"] == "day"
+        assert got["budget"]["providers"] == {"openai": {"requests": 3}}
+        assert got["usage"]["requests"] == 2  # what the scoped token spent counts for the owner
+        await client.chat("openai/gpt-4o-mini", MESSAGES)
+        with pytest.raises(RelayError) as refused:
+            await client.chat("openai/gpt-4o-mini", MESSAGES)
+        assert refused.value.status == 429 and "Retry-After" in refused.value.headers
+        await client.set_budget(None)
+        assert (await client.get_budget())["budget"] is None
+        assert extract_text(await client.chat("openai/gpt-4o-mini", MESSAGES)) == REPLY_TEXT

@@ -451,7 +451,7 @@ class _RacingStorage:
 
 def test_reencrypt_never_undoes_a_concurrent_change(tmp_path: Path) -> None:
     # Deterministic version of the race the HTTP test above can only hope to hit.
-    from byok_relay.rotation import reencrypt
+    from byok_relay.reencrypt import reencrypt
 
     db_path = tmp_path / "relay.db"
     seeded = seed(db_path, 6, SECRET_A)

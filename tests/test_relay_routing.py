@@ -591,6 +591,7 @@ auth = {{ header = "authorization", prefix = "Bearer " }}
 paths = ["/v1/chat/completions", "GET /v1/models"]
 headers = {{ "x-acme-client" = "byok-relay" }}
 chat_path = "/v1/chat/completions"
+stream_usage_option = true
 
 [providers.qauth]
 base_url = "{generic}"
@@ -640,6 +641,18 @@ def test_providers_file_header_auth(custom_user: User, mocks: MockProviders) -> 
     _json_error(refused, 403)
     assert unified.status_code == 200, unified.text
     assert mocks.generic.last_request.json()["model"] == "acme-large"
+
+
+def test_providers_file_stream_usage_option(custom_user: User, mocks: MockProviders) -> None:
+    """`stream_usage_option = true`: streamed chats are sent asking for usage (SPEC §9)."""
+    custom_user.store_key("acme", "acme-key-0123456789")
+    with custom_user.client() as client:
+        client.post("/relay/acme/v1/chat/completions", json={**CHAT, "stream": True})
+        streamed = mocks.generic.last_request.json()
+        client.post("/relay/acme/v1/chat/completions", json=CHAT)
+        plain = mocks.generic.last_request.json()
+    assert streamed["stream_options"] == {"include_usage": True}
+    assert "stream_options" not in plain
 
 
 def test_providers_file_query_auth(custom_user: User, mocks: MockProviders) -> None:
@@ -826,3 +839,13 @@ def test_stored_private_base_url_is_checked_again_when_used(
     with httpx.Client(base_url=strict.url, headers=user.headers, trust_env=False) as client:
         _json_error(client.get("/relay/openai-compatible/v1/models"), 400)
     _no_upstream_calls(mocks)
+
+
+def test_providers_file_stream_usage_option_must_be_a_boolean(tmp_path: Path) -> None:
+    from byok_relay.providers.builtin import BUILTIN_PROVIDERS
+    from byok_relay.providers.registry import ProviderConfigError, load_providers_file
+
+    toml = tmp_path / "providers.toml"
+    toml.write_text('[providers.openai]\nstream_usage_option = "yes"\n', encoding="utf-8")
+    with pytest.raises(ProviderConfigError, match=r"providers\.openai\.stream_usage_option"):
+        load_providers_file(toml, {spec.name: spec for spec in BUILTIN_PROVIDERS})

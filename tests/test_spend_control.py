@@ -163,6 +163,36 @@ def test_model_globs_and_the_unified_route(owner: User, mocks: MockProviders) ->
     assert "gemini-2.0-flash" in message and mocks.gemini.requests == []
 
 
+@pytest.mark.parametrize(
+    ("raw", "status", "words"),
+    [
+        # Two model fields: a lenient reader sees the first, many providers the last.
+        (b'{"model":"gpt-4o-mini","model":"gpt-4.1","messages":[]}', 400, ("model",)),
+        (b'{"model":"gpt-4o-mini","mod\\u0065l":"gpt-4.1","messages":[]}', 400, ("model",)),
+        (b'{"messages":[]}', 403, ("names none",)),
+    ],
+    ids=["duplicate", "escaped-duplicate", "no-model"],
+)
+def test_scoped_models_are_read_as_the_provider_reads_them(
+    owner: User, mocks: MockProviders, raw: bytes, status: int, words: tuple[str, ...]
+) -> None:
+    """No ALLOWED_MODELS on this relay: a scoped token's models alone make the relay
+    read the model strictly, so no spelling slips another model past the scope."""
+    token = mint(owner, models=["gpt-4o-mini"])["token"]
+    response = httpx.post(
+        f"{owner.relay.url}{CHAT_PATH}",
+        content=raw,
+        headers={"x-relay-token": token, "content-type": "application/json"},
+    )
+    refused_upstream_untouched(mocks, response, status, *words)
+    # the relay token (no model rule at all) is not held to it
+    plain = httpx.post(
+        f"{owner.relay.url}{CHAT_PATH}", content=raw,
+        headers={**owner.headers, "content-type": "application/json"},
+    )  # fmt: skip
+    assert plain.status_code == 200, plain.text
+
+
 def test_expired_scoped_token_is_401(owner: User, mocks: MockProviders) -> None:
     token = mint(owner, ttl_s=1)["token"]
     assert chat(owner.relay, token).status_code == 200

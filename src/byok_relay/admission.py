@@ -11,6 +11,7 @@ line in `Admission.build`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from aiohttp import web
@@ -24,13 +25,14 @@ from byok_relay.spend import Reservation, SpendControl
 class Ticket:
     """What admission has learnt about one request, filled in as the checks run."""
 
-    __slots__ = ("model", "principal", "provider", "request", "reservation")
+    __slots__ = ("models", "principal", "provider", "request", "reservation")
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.principal: Principal | None = None
         self.provider: str | None = None
-        self.model: str | None = None
+        #: Every model the provider could read in the request (path, query, body).
+        self.models: Sequence[str] = ()
         self.reservation: Reservation | None = None
 
     @property
@@ -93,7 +95,7 @@ class CallScope:
         if scoped is None:
             return
         assert ticket.provider is not None
-        refusal = scoped.scope.refuse_call(ticket.provider, ticket.model)
+        refusal = scoped.scope.refuse_call(ticket.provider, ticket.models)
         if refusal is not None:
             raise ApiError(403, refusal, extra={"code": "scope_refused"})
 
@@ -149,8 +151,8 @@ class Admission:
             await check(ticket)
         return ticket
 
-    async def authorize(self, ticket: Ticket, provider: str, model: str | None) -> None:
+    async def authorize(self, ticket: Ticket, provider: str, models: Sequence[str]) -> None:
         ticket.provider = provider
-        ticket.model = model
+        ticket.models = models
         for check in self.before_call:
             await check(ticket)

@@ -106,15 +106,9 @@ class Authenticator:
         return False
 
     async def principal_for(self, token_hash: str) -> Principal:
-        cache = self.tokens
-        record = cache.get(token_hash)
+        record = await self.tokens.load(token_hash, lambda: self._storage.lookup_token(token_hash))
         if record is None:
-            epoch = cache.epoch
-            found = await self._storage.lookup_token(token_hash)
-            if found is None:
-                raise ApiError(401, INVALID_TOKEN)
-            record = found
-            cache.put_if_current(token_hash, record, epoch)
+            raise ApiError(401, INVALID_TOKEN)
         if record.revoked_at is not None:
             raise ApiError(401, REVOKED_TOKEN)
         if record.expires_at is not None and record.expires_at <= time.time() * 1000:
@@ -122,17 +116,9 @@ class Authenticator:
         return Principal(record.user_id, record.app_id, token_hash, record.expires_at)
 
     async def _scoped_principal(self, token_hash: str) -> Principal:
-        cache = self.scoped
-        hit = cache.get(token_hash)
+        hit = await self.scoped.load(token_hash, lambda: self._read_scoped(token_hash))
         if hit is None:
-            epoch = cache.epoch
-            found = await self._storage.lookup_scoped_token(token_hash)
-            if found is None:
-                raise ApiError(
-                    401, "Invalid scoped token: ask the app for a new one (POST /tokens)."
-                )
-            hit = (found, Scope.from_json(found.scope))
-            cache.put_if_current(token_hash, hit, epoch)
+            raise ApiError(401, "Invalid scoped token: ask the app for a new one (POST /tokens).")
         record, scope = hit
         if record.revoked_at is not None:
             raise ApiError(401, SCOPED_REVOKED)
@@ -145,6 +131,10 @@ class Authenticator:
             record.expires_at,
             ScopedGrant(record.id, scope, record.parent_hash),
         )
+
+    async def _read_scoped(self, token_hash: str) -> tuple[ScopedTokenRecord, Scope] | None:
+        found = await self._storage.lookup_scoped_token(token_hash)
+        return (found, Scope.from_json(found.scope)) if found is not None else None
 
     # --- invalidation handlers (the bus calls them, here and on every instance) ---------
     def drop_token(self, token_hash: str) -> None:

@@ -60,8 +60,20 @@ class Budget:
         return cls.from_dict(orjson.loads(text))
 
 
+_current: dict[str, tuple[int, int]] = {}  # the last period computed, per window
+
+
 def window_bounds(window: str, now_ms: int) -> tuple[int, int]:
     """The UTC calendar period holding `now_ms`: (start, end) in ms since the epoch."""
+    last = _current.get(window)
+    if last is not None and last[0] <= now_ms < last[1]:
+        return last  # the hot path asks about the same period again and again
+    bounds = _compute_bounds(window, now_ms)
+    _current[window] = bounds
+    return bounds
+
+
+def _compute_bounds(window: str, now_ms: int) -> tuple[int, int]:
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
     if window == "hour":
         start = now.replace(minute=0, second=0, microsecond=0)

@@ -9,7 +9,7 @@ other instances and clears every registered cache when it (re)subscribes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -36,6 +36,18 @@ class InvalidatingCache(Generic[K, V]):
         if hit is not None and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
         return None
+
+    async def load(self, key: K, read: Callable[[], Awaitable[V | None]]) -> V | None:
+        """The cached value, or `read()`'s (cached unless None, or unless an invalidation
+        arrived while it was being read)."""
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        epoch = self.epoch
+        value = await read()
+        if value is not None:
+            self.put_if_current(key, value, epoch)
+        return value
 
     def put_if_current(self, key: K, value: V, epoch: int) -> None:
         """Cache `value` unless an invalidation arrived since `epoch` was read."""

@@ -235,7 +235,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 # --- reencrypt -----------------------------------------------------------------------
 def cmd_reencrypt(args: argparse.Namespace) -> int:
-    from byok_relay.rotation import reencrypt_all
+    from byok_relay.reencrypt import reencrypt_all
 
     settings = _settings(args)
     configure_logging(settings.LOG_LEVEL, settings.logger_levels)

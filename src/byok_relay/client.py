@@ -451,8 +451,11 @@ class RelayClient:
         data = await self._call("POST", "/tokens/rotate")
         return self._take_token(data, "POST /tokens/rotate")
 
-    async def revoke_token(self) -> Any:
-        """``POST /tokens/revoke``: kill the current token at once, and forget it."""
+    async def revoke_token(self, token_id: str | None = None) -> Any:
+        """With a scoped token's id: ``DELETE /tokens/{id}``. Without: ``POST
+        /tokens/revoke``, kill the current token (and its scoped tokens) and forget it."""
+        if token_id is not None:
+            return await self._call("DELETE", f"/tokens/{quote(token_id, safe='')}")
         data = await self._call("POST", "/tokens/revoke")
         self.token = None
         self.expires_at = None
@@ -464,6 +467,44 @@ class RelayClient:
         self.token = None
         self.expires_at = None
         return data
+
+    # -- spend control (SPEC §9) --------------------------------------------------------
+
+    async def create_scoped_token(
+        self,
+        *,
+        label: str | None = None,
+        providers: list[str] | None = None,
+        models: list[str] | None = None,
+        origins: list[str] | None = None,
+        ips: list[str] | None = None,
+        ttl_s: int | None = None,
+        budget: Mapping[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """``POST /tokens``: a scoped token ({token, id, label, scope, expires_at}) for a
+        browser session — the Team/B2B pattern: the backend keeps the relay token and
+        hands each session e.g. a 15-minute, origin-bound token. Not stored here."""
+        fields = {
+            "label": label, "providers": providers, "models": models, "origins": origins,
+            "ips": ips, "ttl_s": ttl_s, "budget": dict(budget) if budget else None,
+        }  # fmt: skip
+        body = {k: v for k, v in fields.items() if v is not None}
+        return dict(await self._call("POST", "/tokens", body))
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        """``GET /tokens``: the live scoped tokens with their usage (never their secrets)."""
+        data = await self._call("GET", "/tokens")
+        return list(data["tokens"])
+
+    async def get_budget(self) -> dict[str, Any]:
+        """``GET /budget``: {budget, usage} of the current window."""
+        return dict(await self._call("GET", "/budget"))
+
+    async def set_budget(self, budget: Mapping[str, Any] | None) -> Any:
+        """``PUT /budget`` (e.g. {"window": "day", "tokens": 200000}); None: ``DELETE``."""
+        if budget is None:
+            return await self._call("DELETE", "/budget")
+        return await self._call("PUT", "/budget", dict(budget))
 
     # -- keys ------------------------------------------------------------------------------
 

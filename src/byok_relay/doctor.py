@@ -86,7 +86,10 @@ async def _check_storage(settings: Settings, report: Report) -> None:
 
 async def _check_redis(settings: Settings, report: Report) -> None:
     if not settings.REDIS_URL:
-        report.ok("rate limits counted in memory (set REDIS_URL to share them)")
+        report.ok(
+            "rate limits and budgets counted in memory (set REDIS_URL to share them "
+            "across workers and instances)"
+        )
         return
     try:
         import redis.asyncio as aioredis

@@ -132,9 +132,12 @@ class Relay:
         ticket = await self.admission.admit(request)
         params = _forwardable_query(query)
         body = await read_body(request, self.body_limit, self.body_stall_s)
-        model = self._check_models(
-            provider, self._models(request, provider, path_model, params, body)
-        )
+        # Read strictly (as the provider reads it) whenever a model rule applies: the
+        # relay's allowlist or the scoped token's models.
+        scoped = ticket.who.scoped
+        strict = self.allowlist.active or (scoped is not None and scoped.scope.models is not None)
+        models = self._models(request, provider, path_model, params, body, strict)
+        model = self._check_models(provider, models)
         hide_usage = False
         if (
             provider.spec.stream_usage_option
@@ -145,7 +148,7 @@ class Relay:
                 data = orjson.loads(body)
                 if isinstance(data, dict) and _ask_for_stream_usage(data):
                     body, hide_usage = orjson.dumps(data), True
-        await self.admission.authorize(ticket, provider.name, model)
+        await self.admission.authorize(ticket, provider.name, models)
         return await self._forward(
             request, ticket, Call(provider, path, params, body, model, hide_usage)
         )
@@ -199,7 +202,7 @@ class Relay:
         )
         if rewrite or hide_usage:
             body = orjson.dumps(data)
-        await self.admission.authorize(ticket, provider.name, path_model or route.model)
+        await self.admission.authorize(ticket, provider.name, [path_model or route.model])
         return await self._forward(
             request, ticket, Call(provider, path, [], body, route.model, hide_usage)
         )
@@ -245,9 +248,9 @@ class Relay:
         path_model: str | None,
         params: list[tuple[str, str]],
         body: bytes,
+        strict: bool,
     ) -> list[str]:
         """Every model the provider could read in this request (path, query, body)."""
-        strict = self.allowlist.active
         spec = provider.spec
         models = [check_model_name(path_model)] if path_model is not None else []
         try:
@@ -261,8 +264,8 @@ class Relay:
         except Unreadable as exc:
             raise ApiError(
                 400,
-                f"{exc} This relay checks the model of every request (ALLOWED_MODELS), "
-                "so it must be able to read it unambiguously.",
+                f"{exc} This relay checks the model of every request (ALLOWED_MODELS or the "
+                "scoped token's models), so it must be able to read it unambiguously.",
             ) from None
         return models
 

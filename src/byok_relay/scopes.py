@@ -8,14 +8,30 @@ frontend developer can tell a wrong origin from a spent budget.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def client_ip(client: str) -> IPAddress | None:
+    """The client address as `ips` are checked (an IPv4-mapped IPv6 address as IPv4);
+    memoized, since a client sends many requests from one address."""
+    try:
+        ip = ipaddress.ip_address(client.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,26 +124,25 @@ class Scope:
             if origin.rstrip("/") not in self.origins:
                 return f'Origin "{origin}" is outside this scoped token\'s origins.'
         if self.ips is not None:
-            try:
-                ip = ipaddress.ip_address(client.partition("%")[0])
-            except ValueError:
+            ip = client_ip(client)
+            if ip is None:
                 return "The client address cannot be checked against this scoped token's ips."
-            if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
-                ip = ip.ipv4_mapped  # type: ignore[union-attr]
             if not any(ip in net for net in self.ips):
                 return f"Client address {client} is outside this scoped token's ips."
         return None
 
-    def refuse_call(self, provider: str, model: str | None) -> str | None:
-        """What the call goes to: the provider and the model sent to it."""
+    def refuse_call(self, provider: str, models: Sequence[str | None]) -> str | None:
+        """What the call goes to: the provider and every model the provider could read."""
         if self.providers is not None and provider not in self.providers:
             return (
                 f'Provider "{provider}" is outside this scoped token\'s providers '
                 f"({', '.join(sorted(self.providers))})."
             )
         if self._model_regex is not None:
-            if model is None:
+            if not models or None in models:
                 return "This scoped token is limited to some models; the request names none."
-            if not self._model_regex.match(model):
-                return f'Model "{model}" is outside this scoped token\'s models.'
+            for model in models:
+                assert model is not None
+                if not self._model_regex.match(model):
+                    return f'Model "{model}" is outside this scoped token\'s models.'
         return None

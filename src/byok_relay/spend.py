@@ -28,28 +28,33 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from byok_relay.auth import Principal
-from byok_relay.budgets import Budget, window_bounds
+from byok_relay.auth import Principal, ScopedGrant
+from byok_relay.budgets import Budget, Caps, window_bounds
 from byok_relay.bus import InvalidationBus
 from byok_relay.cache import InvalidatingCache
 from byok_relay.errors import ApiError
 from byok_relay.logs import log_event
+from byok_relay.scopes import Scope
 from byok_relay.storage import Storage, UsageTotals
 
 RETRY_SHARED_S = 2.0
 _KEEP_AFTER_END_MS = 3_600_000  # counters outlive their window a little (clock skew)
 _WARN_EVERY_S = 30.0
+_PLAN_MEMO_MAX = 100_000
 _OK = -1
 _MISSING = -100  # _MISSING - i: counter key i does not exist yet
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
-    key: int  # index into the reservation's keys
-    field: str
-    cap: int
-    message: str
-    retry_after_ms: int | None  # to the window's end; None for a lifetime budget
+class Plan:
+    """What one counter key checks and counts for a request, worked out once per budget
+    and provider (or per scoped token), not per request."""
+
+    checks: tuple[tuple[str, int], ...]  # (field, cap): refuse once field >= cap
+    messages: tuple[str, ...]  # the refusal for each check
+    incr: tuple[str, ...]  # fields a request adds 1 to
+    tokens: tuple[str, ...]  # fields its answer's tokens are added to
+    window: str | None  # an owner budget's window (Retry-After); None: a lifetime budget
 
 
 @dataclass(slots=True)
@@ -58,26 +63,25 @@ class Reservation:
     with its token counts when its answer has been read."""
 
     keys: list[str]
-    incremented: list[tuple[int, str]]
-    token_fields: list[tuple[int, str]]
+    plans: list[Plan]
     done: bool = False
 
 
 # --- counter stores ---------------------------------------------------------------------
 class Counters(abc.ABC):
     @abc.abstractmethod
-    async def reserve(
-        self, keys: list[str], checks: list[Check], incr: list[tuple[int, str]]
-    ) -> int:
-        """_OK, the index of the check that refused, or _MISSING - i for a missing key."""
+    async def reserve(self, keys: list[str], plans: list[Plan]) -> int:
+        """_OK; the index of the check that refused, counting every plan's checks in
+        order; or _MISSING - i when key i does not exist yet."""
 
     @abc.abstractmethod
     async def seed(self, key: str, values: dict[str, int], expires_at_ms: int) -> None:
         """Create `key` with `values` unless it exists (another seeder won)."""
 
     @abc.abstractmethod
-    async def add(self, keys: list[str], amounts: list[tuple[int, str, int]]) -> None:
-        """Add to fields of keys that exist (a vanished key is seeded again later)."""
+    async def add(self, keys: list[str], fields: list[tuple[str, ...]], amount: int) -> None:
+        """Add `amount` to `fields[i]` of each key i that exists (a vanished key is seeded
+        again later)."""
 
     @abc.abstractmethod
     async def reset(self, key: str) -> None: ...
@@ -96,9 +100,7 @@ class LocalCounters(Counters):
             return None
         return hit[1]
 
-    async def reserve(
-        self, keys: list[str], checks: list[Check], incr: list[tuple[int, str]]
-    ) -> int:
+    async def reserve(self, keys: list[str], plans: list[Plan]) -> int:
         # No await between the checks and the increments: atomic within this process.
         hashes = []
         for i, key in enumerate(keys):
@@ -106,11 +108,15 @@ class LocalCounters(Counters):
             if h is None:
                 return _MISSING - i
             hashes.append(h)
-        for i, check in enumerate(checks):
-            if hashes[check.key].get(check.field, 0) >= check.cap:
-                return i
-        for k, f in incr:
-            hashes[k][f] = hashes[k].get(f, 0) + 1
+        n = 0
+        for h, plan in zip(hashes, plans, strict=True):
+            for f, cap in plan.checks:
+                if h.get(f, 0) >= cap:
+                    return n
+                n += 1
+        for h, plan in zip(hashes, plans, strict=True):
+            for f in plan.incr:
+                h[f] = h.get(f, 0) + 1
         return _OK
 
     async def seed(self, key: str, values: dict[str, int], expires_at_ms: int) -> None:
@@ -119,11 +125,12 @@ class LocalCounters(Counters):
                 self._purge()
             self._data[key] = (expires_at_ms, dict(values))
 
-    async def add(self, keys: list[str], amounts: list[tuple[int, str, int]]) -> None:
-        for k, f, n in amounts:
-            h = self._get(keys[k])
+    async def add(self, keys: list[str], fields: list[tuple[str, ...]], amount: int) -> None:
+        for key, names in zip(keys, fields, strict=True):
+            h = self._get(key)
             if h is not None:
-                h[f] = h.get(f, 0) + n
+                for f in names:
+                    h[f] = h.get(f, 0) + amount
 
     async def reset(self, key: str) -> None:
         self._data.pop(key, None)
@@ -180,15 +187,15 @@ class RedisCounters(Counters):
     def _keys(self, keys: list[str]) -> list[str]:
         return [self._prefix + k for k in keys]
 
-    async def reserve(
-        self, keys: list[str], checks: list[Check], incr: list[tuple[int, str]]
-    ) -> int:
-        args: list[Any] = [len(checks)]
-        for c in checks:
-            args += [c.key + 1, c.field, c.cap]
-        args.append(len(incr))
-        for k, f in incr:
-            args += [k + 1, f]
+    async def reserve(self, keys: list[str], plans: list[Plan]) -> int:
+        checks: list[Any] = []
+        incr: list[Any] = []
+        for i, plan in enumerate(plans, 1):
+            for f, cap in plan.checks:
+                checks += [i, f, cap]
+            for f in plan.incr:
+                incr += [i, f]
+        args = [len(checks) // 3, *checks, len(incr) // 2, *incr]
         return int(await self._reserve(keys=self._keys(keys), args=args))
 
     async def seed(self, key: str, values: dict[str, int], expires_at_ms: int) -> None:
@@ -197,11 +204,12 @@ class RedisCounters(Counters):
             flat += [f, v]
         await self._seed(keys=self._keys([key]), args=flat)
 
-    async def add(self, keys: list[str], amounts: list[tuple[int, str, int]]) -> None:
-        if amounts:
-            args: list[Any] = []
-            for k, f, n in amounts:
-                args += [k + 1, f, n]
+    async def add(self, keys: list[str], fields: list[tuple[str, ...]], amount: int) -> None:
+        args: list[Any] = []
+        for i, names in enumerate(fields, 1):
+            for f in names:
+                args += [i, f, amount]
+        if args:
             await self._add(keys=self._keys(keys), args=args)
 
     async def reset(self, key: str) -> None:
@@ -240,16 +248,14 @@ class SharedCounters(Counters):
                     )
         return await getattr(self.local, method)(*args)
 
-    async def reserve(
-        self, keys: list[str], checks: list[Check], incr: list[tuple[int, str]]
-    ) -> int:
-        return int(await self._call("reserve", keys, checks, incr))
+    async def reserve(self, keys: list[str], plans: list[Plan]) -> int:
+        return int(await self._call("reserve", keys, plans))
 
     async def seed(self, key: str, values: dict[str, int], expires_at_ms: int) -> None:
         await self._call("seed", key, values, expires_at_ms)
 
-    async def add(self, keys: list[str], amounts: list[tuple[int, str, int]]) -> None:
-        await self._call("add", keys, amounts)
+    async def add(self, keys: list[str], fields: list[tuple[str, ...]], amount: int) -> None:
+        await self._call("add", keys, fields, amount)
 
     async def reset(self, key: str) -> None:
         await self._call("reset", key)
@@ -281,6 +287,59 @@ def budget_exceeded(message: str, retry_after_ms: int | None) -> ApiError:
     return ApiError(429, message, extra={"code": "budget_exceeded"}, headers=headers)
 
 
+def owner_plan(budget: Budget, provider: str) -> Plan:
+    """The checks an owner budget makes for a request to `provider`."""
+    per = f"per {budget.window} (PUT /budget to change it)"
+    checks: list[tuple[str, int]] = []
+    messages: list[str] = []
+    caps = budget.providers.get(provider) or Caps()
+    for field, cap, what in (
+        ("requests", budget.total.requests, "requests"),
+        ("tokens", budget.total.tokens, "tokens"),
+        (f"p:{provider}:requests", caps.requests, f"{provider} requests"),
+        (f"p:{provider}:tokens", caps.tokens, f"{provider} tokens"),
+    ):
+        if cap is not None:
+            checks.append((field, cap))
+            messages.append(f"Budget exceeded: {cap} {what} {per}.")
+    return Plan(
+        tuple(checks), tuple(messages),
+        incr=("requests", f"p:{provider}:requests"),
+        tokens=("tokens", f"p:{provider}:tokens"),
+        window=budget.window,
+    )  # fmt: skip
+
+
+def token_plan(scope: Scope) -> Plan:
+    """The checks a scoped token's lifetime budget makes."""
+    spent, again = "This scoped token's budget is spent", "ask the app for a new token."
+    checks: list[tuple[str, int]] = []
+    messages: list[str] = []
+    for field, cap in (("requests", scope.budget_requests), ("tokens", scope.budget_tokens)):
+        if cap is not None:
+            checks.append((field, cap))
+            messages.append(f"{spent} ({cap} {field}): {again}")
+    return Plan(tuple(checks), tuple(messages), ("requests",), ("tokens",), None)
+
+
+class OwnerRules:
+    """A user's budget as cached: the budget (or None) and its plan per provider, worked
+    out on first use."""
+
+    __slots__ = ("_plans", "budget")
+
+    def __init__(self, budget: Budget | None) -> None:
+        self.budget = budget
+        self._plans: dict[str, Plan] = {}
+
+    def plan(self, provider: str) -> Plan:
+        plan = self._plans.get(provider)
+        if plan is None:
+            assert self.budget is not None
+            plan = self._plans[provider] = owner_plan(self.budget, provider)
+        return plan
+
+
 class SpendControl:
     def __init__(
         self, storage: Storage, counters: Counters, cache_ttl_s: float, bus: InvalidationBus
@@ -288,27 +347,28 @@ class SpendControl:
         self._storage = storage
         self.counters = counters
         self._bus = bus
-        # (budget,) so that "no budget" is cached too.
-        self.budgets: InvalidatingCache[str, tuple[Budget | None]] = InvalidatingCache(
-            "budgets", cache_ttl_s
-        )
+        # "No budget" is cached too (OwnerRules(None)).
+        self.budgets: InvalidatingCache[str, OwnerRules] = InvalidatingCache("budgets", cache_ttl_s)
+        # A scoped token's scope never changes: its plan is kept by token id.
+        self._token_plans: dict[str, Plan] = {}
 
     # --- owner budgets -------------------------------------------------------------
-    async def budget(self, user_id: str) -> Budget | None:
-        cache = self.budgets
-        hit = cache.get(user_id)
-        if hit is not None:
-            return hit[0]
-        epoch = cache.epoch
+    async def rules(self, user_id: str) -> OwnerRules:
+        rules = await self.budgets.load(user_id, lambda: self._read_rules(user_id))
+        assert rules is not None  # "no budget" is OwnerRules(None)
+        return rules
+
+    async def _read_rules(self, user_id: str) -> OwnerRules:
         stored = await self._storage.get_budget(user_id)
-        budget = Budget.from_json(stored) if stored else None
-        cache.put_if_current(user_id, (budget,), epoch)
-        return budget
+        return OwnerRules(Budget.from_json(stored) if stored else None)
+
+    async def budget(self, user_id: str) -> Budget | None:
+        return (await self.rules(user_id)).budget
 
     async def set_budget(self, user_id: str, budget: Budget) -> None:
         await self._storage.put_budget(user_id, budget.to_json(), _now())
         # Counted again from the request log under the new rules.
-        await self.counters.reset(self._window_key(user_id, budget, _now()))
+        await self.counters.reset(self._window_key(user_id, budget.window, _now()))
         self._bus.invalidate("budget", user_id)
 
     async def delete_budget(self, user_id: str) -> bool:
@@ -320,79 +380,52 @@ class SpendControl:
         self.budgets.drop(user_id)
 
     @staticmethod
-    def _window_key(user_id: str, budget: Budget, now: int) -> str:
-        start, _ = window_bounds(budget.window, now)
-        return f"b:{user_id}:{budget.window}:{start}"
+    def _window_key(user_id: str, window: str, now: int) -> str:
+        return f"b:{user_id}:{window}:{window_bounds(window, now)[0]}"
+
+    def _token_plan(self, scoped: ScopedGrant) -> Plan:
+        plan = self._token_plans.get(scoped.id)
+        if plan is None:
+            if len(self._token_plans) >= _PLAN_MEMO_MAX:
+                self._token_plans.clear()
+            plan = self._token_plans[scoped.id] = token_plan(scoped.scope)
+        return plan
 
     # --- the hot path ----------------------------------------------------------------
     async def reserve(self, principal: Principal, provider: str) -> Reservation | None:
         """Count this request against every budget that applies, or refuse it (429)."""
         scoped = principal.scoped
-        scoped_budget = scoped is not None and scoped.scope.has_budget
-        budget = await self.budget(principal.user_id)
-        if budget is None and not scoped_budget:
+        rules = await self.rules(principal.user_id)
+        budget = rules.budget
+        with_token = scoped is not None and scoped.scope.has_budget
+        if budget is None and not with_token:
             return None
         now = _now()
         keys: list[str] = []
-        checks: list[Check] = []
-        incr: list[tuple[int, str]] = []
-        token_fields: list[tuple[int, str]] = []
+        plans: list[Plan] = []
         seeds: list[tuple[str, int]] = []  # what each key is seeded from, and its expiry
+        window_end = 0
         if budget is not None:
-            start, end = window_bounds(budget.window, now)
+            start, window_end = window_bounds(budget.window, now)
             keys.append(f"b:{principal.user_id}:{budget.window}:{start}")
-            seeds.append(("window", end + _KEEP_AFTER_END_MS))
-            left = end - now
-            per = f"per {budget.window} (PUT /budget to change it)"
-            total, caps = budget.total, budget.providers.get(provider)
-            if total.requests is not None:
-                checks.append(
-                    Check(0, "requests", total.requests,
-                          f"Budget exceeded: {total.requests} requests {per}.", left)
-                )  # fmt: skip
-            if total.tokens is not None:
-                checks.append(
-                    Check(0, "tokens", total.tokens,
-                          f"Budget exceeded: {total.tokens} tokens {per}.", left)
-                )  # fmt: skip
-            if caps is not None and caps.requests is not None:
-                checks.append(
-                    Check(0, f"p:{provider}:requests", caps.requests,
-                          f"Budget exceeded: {caps.requests} {provider} requests {per}.", left)
-                )  # fmt: skip
-            if caps is not None and caps.tokens is not None:
-                checks.append(
-                    Check(0, f"p:{provider}:tokens", caps.tokens,
-                          f"Budget exceeded: {caps.tokens} {provider} tokens {per}.", left)
-                )  # fmt: skip
-            incr += [(0, "requests"), (0, f"p:{provider}:requests")]
-            token_fields += [(0, "tokens"), (0, f"p:{provider}:tokens")]
-        if scoped is not None and scoped_budget:
-            i = len(keys)
+            plans.append(rules.plan(provider))
+            seeds.append(("window", window_end + _KEEP_AFTER_END_MS))
+        if with_token:
+            assert scoped is not None
             keys.append(f"s:{scoped.id}")
+            plans.append(self._token_plan(scoped))
             seeds.append(("token", (principal.expires_at or now) + _KEEP_AFTER_END_MS))
-            scope = scoped.scope
-            spent = "This scoped token's budget is spent"
-            again = "ask the app for a new token."
-            if scope.budget_requests is not None:
-                checks.append(
-                    Check(i, "requests", scope.budget_requests,
-                          f"{spent} ({scope.budget_requests} requests): {again}", None)
-                )  # fmt: skip
-            if scope.budget_tokens is not None:
-                checks.append(
-                    Check(i, "tokens", scope.budget_tokens,
-                          f"{spent} ({scope.budget_tokens} tokens): {again}", None)
-                )  # fmt: skip
-            incr.append((i, "requests"))
-            token_fields.append((i, "tokens"))
         for _ in range(len(keys) + 1):
-            result = await self.counters.reserve(keys, checks, incr)
+            result = await self.counters.reserve(keys, plans)
             if result == _OK:
-                return Reservation(keys, incr, token_fields)
+                return Reservation(keys, plans)
             if result >= 0:
-                check = checks[result]
-                raise budget_exceeded(check.message, check.retry_after_ms)
+                for plan in plans:
+                    if result < len(plan.messages):
+                        retry = window_end - now if plan.window is not None else None
+                        raise budget_exceeded(plan.messages[result], retry)
+                    result -= len(plan.messages)
+                raise AssertionError("a counter store refused with an unknown check")
             missing = _MISSING - result
             kind, expires = seeds[missing]
             await self.counters.seed(keys[missing], await self._seed(principal, kind), expires)
@@ -405,7 +438,8 @@ class SpendControl:
             t = t or UsageTotals()
             return {"requests": t.requests, "tokens": t.input_tokens + t.output_tokens}
         budget = await self.budget(principal.user_id)
-        assert budget is not None
+        if budget is None:  # removed meanwhile: the next request finds no budget
+            return {"requests": 0}
         start, _ = window_bounds(budget.window, _now())
         return _seed_values(await self._storage.usage_since(principal.user_id, start))
 
@@ -413,16 +447,14 @@ class SpendControl:
         """The request never went upstream: it does not count."""
         if not reservation.done:
             reservation.done = True
-            await self.counters.add(
-                reservation.keys, [(k, f, -1) for k, f in reservation.incremented]
-            )
+            await self.counters.add(reservation.keys, [p.incr for p in reservation.plans], -1)
 
     async def settle(self, reservation: Reservation, tokens: int) -> None:
         if not reservation.done:
             reservation.done = True
             if tokens:
                 await self.counters.add(
-                    reservation.keys, [(k, f, tokens) for k, f in reservation.token_fields]
+                    reservation.keys, [p.tokens for p in reservation.plans], tokens
                 )
 
     # --- reading ---------------------------------------------------------------------

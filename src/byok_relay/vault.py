@@ -45,11 +45,9 @@ class Vault:
 
     async def get(self, user_id: str, provider: str) -> OpenKey | None:
         cache_key = (user_id, provider)
-        cache = self.keys
-        hit = cache.get(cache_key)
-        if hit is not None:
-            return hit
-        epoch = cache.epoch
+        return await self.keys.load(cache_key, lambda: self._open(user_id, provider))
+
+    async def _open(self, user_id: str, provider: str) -> OpenKey | None:
         stored = await self._storage.get_key(user_id, provider)
         if stored is None:
             return None
@@ -60,9 +58,7 @@ class Vault:
         except DecryptionError as exc:
             log_event("stored key cannot be decrypted", 40, provider=provider, reason=str(exc))
             raise KeyUnreadable(str(exc)) from None
-        opened = OpenKey(secret, stored.base_url)
-        cache.put_if_current(cache_key, opened, epoch)
-        return opened
+        return OpenKey(secret, stored.base_url)
 
     async def put(self, user_id: str, provider: str, secret: str, base_url: str | None) -> None:
         sealed = self._cipher.seal(secret, user_id, provider)

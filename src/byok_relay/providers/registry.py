@@ -115,7 +115,7 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
 _KNOWN_KEYS = {
     "base_url", "auth", "paths", "headers", "pass_headers", "binary",
     "chat_path", "models", "verify_path", "default_headers",
-    "model_field", "model_query", "model_shape",
+    "model_field", "model_query", "model_shape", "stream_usage_option",
 }  # fmt: skip
 
 
@@ -176,6 +176,10 @@ def load_providers_file(path: Path, existing: dict[str, ProviderSpec]) -> list[P
             fields["pass_headers"] = _str_tuple(entry["pass_headers"], f"{where}.pass_headers")
         if "binary" in entry:
             fields["binary"] = bool(entry["binary"])
+        if "stream_usage_option" in entry:
+            if not isinstance(entry["stream_usage_option"], bool):
+                raise ProviderConfigError(f"{where}.stream_usage_option: must be true or false")
+            fields["stream_usage_option"] = entry["stream_usage_option"]
         for key in ("chat_path", "verify_path"):
             if key in entry:
                 if not isinstance(entry[key], str) or not entry[key].startswith("/"):

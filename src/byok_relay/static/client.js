@@ -381,14 +381,19 @@ export class RelayClient {
    *   or memory where that is unavailable; `null` = memory).
    * @param {string} [options.storageKey]  Storage key (default `'byok-relay-token'`).
    * @param {typeof fetch} [options.fetch]  fetch implementation (default `globalThis.fetch`).
+   * @param {string} [options.token]  Start with this token, e.g. a scoped token handed to the
+   *   page by your backend (SPEC §9); kept in memory unless `storage` is given, so it never
+   *   overwrites a relay token in localStorage.
    */
   constructor ({
     baseUrl,
     appId = 'app',
-    storage = defaultStorage(),
+    storage,
     storageKey = DEFAULT_STORAGE_KEY,
-    fetch: fetchImpl
+    fetch: fetchImpl,
+    token
   } = {}) {
+    if (storage === undefined) storage = token ? createMemoryStorage() : defaultStorage()
     let base = baseUrl
     if (!base) {
       base = (typeof location !== 'undefined' && location.origin && location.origin !== 'null') ? location.origin : ''
@@ -411,6 +416,7 @@ export class RelayClient {
     this.expiresAt = null
     /** @type {Promise<string>|null} */
     this._registering = null
+    if (token) this.token = token
   }
 
   /** The current relay token, or `null`. @returns {string|null} */
@@ -592,10 +598,56 @@ export class RelayClient {
   }
 
   /**
-   * Kill the current token on the relay at once, and forget it locally.
+   * Mint a scoped token (`POST /tokens`, SPEC §9) for one page, tab or job: limited to
+   * `providers`, `models` (globs), `origins`, `ips` (CIDRs), a lifetime (`ttl_s`, default
+   * 3600) and a `budget` (`{requests?, tokens?}` over its life). Needs the relay token;
+   * the scoped token is returned, not stored: hand it to the page that needs it.
+   * @param {{label?: string, providers?: string[], models?: string[], origins?: string[],
+   *   ips?: string[], ttl_s?: number, budget?: {requests?: number, tokens?: number}}} [scope]
+   * @returns {Promise<{token: string, id: string, label: string|null, scope: object, expires_at: number}>}
+   */
+  async createScopedToken (scope = {}, { signal } = {}) {
+    return this._parse(await this._send('/tokens', scope, { method: 'POST', signal }))
+  }
+
+  /**
+   * The live scoped tokens with their usage (`GET /tokens`); never their secrets.
+   * @returns {Promise<{tokens: Array<{id: string, label: string|null, scope: object,
+   *   created_at: number, expires_at: number, last_used_at: number|null,
+   *   usage: {requests: number, input_tokens: number, output_tokens: number}}>}>}
+   */
+  async listTokens ({ signal } = {}) {
+    return this._parse(await this._send('/tokens', undefined, { method: 'GET', signal }))
+  }
+
+  /** The owner budget and the current window's usage (`GET /budget`). @returns {Promise<any>} */
+  async getBudget ({ signal } = {}) {
+    return this._parse(await this._send('/budget', undefined, { method: 'GET', signal }))
+  }
+
+  /**
+   * Set (replace) the owner budget (`PUT /budget`), e.g.
+   * `{window: 'day', tokens: 200000, providers: {openai: {requests: 500}}}`; `null` removes it.
+   * @param {{window: 'hour'|'day'|'month', requests?: number, tokens?: number,
+   *   providers?: Record<string, {requests?: number, tokens?: number}>}|null} budget
    * @returns {Promise<any>}
    */
-  async revokeToken () {
+  async setBudget (budget, { signal } = {}) {
+    if (budget === null) return this._parse(await this._send('/budget', undefined, { method: 'DELETE', signal }))
+    return this._parse(await this._send('/budget', budget, { method: 'PUT', signal }))
+  }
+
+  /**
+   * With a scoped token's `id`: revoke that scoped token (`DELETE /tokens/{id}`).
+   * Without: kill the current relay token at once (and every scoped token it minted),
+   * and forget it locally.
+   * @param {string} [id]
+   * @returns {Promise<any>}
+   */
+  async revokeToken (id) {
+    if (id !== undefined) {
+      return this._parse(await this._send(`/tokens/${encodeURIComponent(id)}`, undefined, { method: 'DELETE' }))
+    }
     const res = await this._send('/tokens/revoke', undefined, { method: 'POST' })
     const data = await this._parse(res)
     this.clearToken()
