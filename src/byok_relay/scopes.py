@@ -131,7 +131,7 @@ class Scope:
                 return f"Client address {client} is outside this scoped token's ips."
         return None
 
-    def refuse_call(self, provider: str, models: Sequence[str | None]) -> str | None:
+    def refuse_call(self, provider: str, models: Sequence[str]) -> str | None:
         """What the call goes to: the provider and every model the provider could read."""
         if self.providers is not None and provider not in self.providers:
             return (
@@ -139,10 +139,9 @@ class Scope:
                 f"({', '.join(sorted(self.providers))})."
             )
         if self._model_regex is not None:
-            if not models or None in models:
+            if not models:
                 return "This scoped token is limited to some models; the request names none."
             for model in models:
-                assert model is not None
                 if not self._model_regex.match(model):
                     return f'Model "{model}" is outside this scoped token\'s models.'
         return None
