@@ -196,12 +196,49 @@ def pct_change(a: float | None, b: float | None) -> float | None:
 # ---------------------------------------------------------------------------- processes
 
 
+JWT_ISSUER = "https://idp.bench.example/"
+JWT_AUDIENCE = "bench-app"
+
+
+@dataclass
+class BenchIdP:
+    """An identity provider for the JWT credential (SPEC §10): an RS256 key generated per
+    run, published to the relay as a `jwks_file` (no JWKS server in the measured path)."""
+
+    private: Any
+    kid: str
+    issuers_file: Path
+
+    @classmethod
+    def create(cls, work: Path) -> BenchIdP:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from jwt.algorithms import RSAAlgorithm
+
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = dict(RSAAlgorithm.to_jwk(private.public_key(), as_dict=True))
+        jwk.update(kid="bench-rs256", alg="RS256", use="sig")
+        (work / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+        issuers = work / "issuers.toml"
+        issuers.write_text(f'[[issuer]]\nissuer = "{JWT_ISSUER}"\naudience = "{JWT_AUDIENCE}"\n'
+                           'jwks_file = "jwks.json"\n')  # fmt: skip
+        return cls(private, "bench-rs256", issuers)
+
+    def token(self, sub: str, ttl_s: int = 86400) -> str:
+        import jwt
+
+        now = int(time.time())
+        claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": sub, "iat": now,
+                  "exp": now + ttl_s}  # fmt: skip
+        return jwt.encode(claims, self.private, algorithm="RS256", headers={"kid": self.kid})
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
     work: Path
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
+    _idp: BenchIdP | None = None
 
     def spawn(
         self,
@@ -286,9 +323,15 @@ class Bench:
             LOG_LEVEL="info",
             WORKERS="1",
         )
+        env["JWT_ISSUERS_FILE"] = str(self.identity().issuers_file)
         if redis_url:
             env["REDIS_URL"] = redis_url
         return env
+
+    def identity(self) -> BenchIdP:
+        if self._idp is None:
+            self._idp = BenchIdP.create(self.work)
+        return self._idp
 
     def start_relay(
         self, name: str, upstream_port: int, database_url: str, redis_url: str | None = None
@@ -533,6 +576,7 @@ def phase_json(b: Bench, json_port: int) -> None:
         direct1 = b.wrk(json_port, DIRECT_CHAT, 1, a.duration, [token])
         relay1 = b.measured_wrk(relay, port, RELAY_CHAT, 1, a.duration, [token])
         spend = measure_spend_control(b, relay, port, token)
+        jwt_runs = measure_jwt_credential(b, relay, port, token)
         time.sleep(1.5)  # let the usage recorder flush its batch
         rows = _count_rows(b.work / "relay.db", "request_log")
         log_lines = _count_lines(b.work / "relay-json.log")
@@ -550,6 +594,8 @@ def phase_json(b: Bench, json_port: int) -> None:
         "access_log_lines": log_lines,
         "floor": floor,
         "spend": spend,
+        "jwt": jwt_runs,
+        "jwt_verify_us": measure_jwt_verify(b),
     }
 
 
@@ -587,6 +633,53 @@ def measure_spend_control(
         runs["off"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [token]))
         runs["on"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [scoped]))
     return runs
+
+
+def measure_jwt_credential(
+    b: Bench, relay: subprocess.Popen[Any], port: int, token: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The same load with a signed-in user's JWT as the credential (SPEC §10) instead of
+    a relay token. The browser sends one token until it refreshes it, so this is the
+    verified-token cache's path; measure_jwt_verify gives the cost of a first sight."""
+    jwt_token = b.identity().token("bench-user")
+    base = f"http://127.0.0.1:{port}"
+    status, body = http("POST", f"{base}/keys/openai", {"key": PROVIDER_KEY},
+                        {"authorization": f"Bearer {jwt_token}"})  # fmt: skip
+    if status != 200:
+        raise RuntimeError(f"POST /keys/openai with a JWT → {status} {body}")
+    b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [jwt_token])
+    runs: dict[str, list[dict[str, Any]]] = {"relay_token": [], "jwt": []}
+    for i in range(2):
+        log(f"JWT credential, round {i + 1}/2: relay token, then JWT")
+        runs["relay_token"].append(
+            b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [token])
+        )
+        runs["jwt"].append(
+            b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [jwt_token])
+        )
+    return runs
+
+
+def measure_jwt_verify(b: Bench, n: int = 300) -> float:
+    """CPU µs of one first-sight verification (RS256, PyJWT), in this process: each of `n`
+    distinct tokens is verified once, as a new token is on the relay."""
+    import asyncio
+
+    sys.path.insert(0, str(SRC))
+    from byok_relay.identity import IdentityVerifier, load_issuers
+
+    issuers = load_issuers(b.identity().issuers_file, {}, allow_private=False)
+    verifier = IdentityVerifier.build(issuers, lambda: None, 5.0)
+    tokens = [b.identity().token(f"user-{i}") for i in range(n)]
+
+    async def run() -> float:
+        await verifier.verify(tokens[0])  # the key file is read once
+        started = time.process_time()
+        for t in tokens[1:]:
+            await verifier.verify(t)
+        return (time.process_time() - started) * 1e6 / (n - 1)
+
+    return asyncio.run(run())
 
 
 def measure_floor(b: Bench, json_port: int, token: str) -> dict[str, Any] | None:
@@ -1037,6 +1130,16 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{(on / off - 1) * 100:+.1f} %", "<= +10 %", on <= off * 1.10)  # fmt: skip
             errs_sp = sum(x["errors"] for k in ("off", "on") for x in sp[k])
             add("spend control: non-2xx/socket errors", "-", errs_sp, "-", "0", errs_sp == 0)
+        jw = j.get("jwt")
+        if jw:
+            rt, jt = (statistics.mean(r["cpu_us_per_request"] for r in jw[k]) for k in jw)
+            add("JWT credential: CPU µs/req @64, relay token → JWT", "-", f"{rt:.0f} → {jt:.0f}",
+                f"{(jt / rt - 1) * 100:+.1f} %", "<= +10 %", jt <= rt * 1.10)  # fmt: skip
+            errs_jw = sum(x["errors"] for k in jw for x in jw[k])
+            add("JWT credential: non-2xx/socket errors", "-", errs_jw, "-", "0", errs_jw == 0)
+        if j.get("jwt_verify_us"):
+            add("JWT first sight: RS256 verify CPU µs", "-", round(j["jwt_verify_us"]), "-",
+                "-", None)  # fmt: skip
         errs = r64["errors"] + r1["errors"]
         add("relay non-2xx/socket errors", d64["errors"] + d1["errors"], errs, "-", "0", errs == 0)
         add(

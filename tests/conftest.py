@@ -115,6 +115,22 @@ def _stop_quietly(relay: Relay) -> None:
         relay.kill()
 
 
+@contextlib.contextmanager
+def identity_relay(
+    mocks: MockProviders, directory: Path, issuers_file: Path, **overrides: str
+) -> Iterator[Relay]:
+    """A relay that trusts the identity providers in `issuers_file` (SPEC §10; the test
+    IdPs of providers/idp.py serve their JWKS over http on loopback, hence
+    ALLOW_PRIVATE_UPSTREAMS), stopped at the end."""
+    env = build_relay_env(mocks, directory, JWT_ISSUERS_FILE=str(issuers_file),
+                          ALLOW_PRIVATE_UPSTREAMS="true", **overrides)  # fmt: skip
+    server = start_relay_process(env, directory)
+    try:
+        yield server
+    finally:
+        _stop_quietly(server)
+
+
 @pytest.fixture
 def start_relay(
     mocks: MockProviders, tmp_path_factory: pytest.TempPathFactory

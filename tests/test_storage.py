@@ -16,6 +16,7 @@ from backends import PgDatabase, free_port
 from byok_relay.storage import RequestLogRow, Storage, StorageUnavailable, open_storage
 from byok_relay.storage.base import SealedRow
 from byok_relay.storage.migrations import MIGRATIONS
+from byok_relay.storage.sql import SQLStorage
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -107,6 +108,25 @@ async def test_postgres_concurrent_first_migration(pg_db: PgDatabase) -> None:
     # between them, but each is applied exactly once.
     applied = sorted(v for r in results for v in r)
     assert applied == [m.version for m in MIGRATIONS], results
+
+
+# --- identities (SPEC §10) ------------------------------------------------------------------
+async def test_racing_first_uses_of_an_identity_make_one_user(open_db: OpenStorage) -> None:
+    """Instances racing on a new sign-in: one user, every racer gets its id, no orphan."""
+    storages = [await open_db() for _ in range(3)]
+    racers = [s.create_identity_user(_uid(), "app", "https://idp.test/", "sub-1", _now())
+              for s in storages for _ in range(3)]  # fmt: skip
+    winners = set(await asyncio.gather(*racers))
+    assert len(winners) == 1
+    (user_id,) = winners
+    db = storages[0]
+    assert await db.lookup_identity("https://idp.test/", "sub-1") == user_id
+    assert await db.lookup_identity("https://other.test/", "sub-1") is None
+    assert isinstance(db, SQLStorage)
+    async with db._read() as tx:  # the losers' user rows were rolled back
+        assert await tx.fetchone("SELECT count(*) FROM users") == (1,)
+    assert await db.delete_user(user_id)
+    assert await db.lookup_identity("https://idp.test/", "sub-1") is None
 
 
 # --- users and tokens ----------------------------------------------------------------------

@@ -72,6 +72,7 @@ class Accounts:
 
     async def rotate(self, principal: Principal) -> IssuedToken:
         """A new relay token for the same user; the old one dies, its scoped tokens live on."""
+        _not_for_sign_in(principal, "rotate")
         token = new_token()
         now = _now()
         expires_at = self._expiry(now)
@@ -85,6 +86,7 @@ class Accounts:
 
     async def revoke(self, principal: Principal) -> bool:
         """The relay token and every scoped token it minted die at once."""
+        _not_for_sign_in(principal, "revoke")
         revoked = await self._storage.revoke_token(principal.token_hash, _now())
         self._bus.invalidate("token", principal.token_hash)
         return revoked
@@ -144,6 +146,16 @@ class Accounts:
             return False
         self._bus.invalidate("token", token_hash)
         return True
+
+
+def _not_for_sign_in(principal: Principal, verb: str) -> None:
+    if principal.issuer is not None:
+        raise ApiError(
+            400,
+            f"This credential is your app's sign-in token (issuer {principal.issuer}): the "
+            f"relay cannot {verb} it. Sign the user out or refresh the token at the identity "
+            "provider; DELETE /users erases the relay's data of this user.",
+        )
 
 
 def _now() -> int:

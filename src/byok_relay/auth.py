@@ -1,7 +1,9 @@
 """Credentials: the credential headers → HMAC → a `Principal`, cached briefly.
 
-Two kinds of bearer token reach here: relay tokens (`byok_rt_`, from POST /users) and
-scoped tokens (`byok_st_`, from POST /tokens, SPEC §9). A token seen in the last
+Three kinds of bearer token reach here: relay tokens (`byok_rt_`, from POST /users),
+scoped tokens (`byok_st_`, from POST /tokens, SPEC §9) and the app's own sign-in tokens
+(JWTs from a JWT_ISSUERS_FILE issuer, SPEC §10), whose (issuer, subject) is a relay user
+created on first use. A token seen in the last
 CACHE_TTL_S seconds costs no database read. The caches are `InvalidatingCache`s whose
 entries the accounts service drops through the invalidation bus (`bus.py`) after every
 revoke, rotation and erase, on this instance at once and on every other one within
@@ -11,6 +13,7 @@ milliseconds. Without a bus, other processes re-read within CACHE_TTL_S.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
@@ -18,6 +21,7 @@ from multidict import CIMultiDictProxy
 from byok_relay.cache import InvalidatingCache
 from byok_relay.crypto import SCOPED_TOKEN_PREFIX, TokenHasher, looks_like_token
 from byok_relay.errors import ApiError
+from byok_relay.identity import Identity, IdentityVerifier, looks_like_jwt
 from byok_relay.scopes import Scope
 from byok_relay.storage import ScopedTokenRecord, Storage, TokenRecord
 
@@ -33,6 +37,16 @@ REVOKED_TOKEN = (
 EXPIRED_TOKEN = "This relay token has expired: register again with POST /users."
 SCOPED_REVOKED = "This scoped token was revoked: ask the app for a new one (POST /tokens)."
 SCOPED_EXPIRED = "This scoped token has expired (ttl_s): ask the app for a new one (POST /tokens)."
+NO_IDENTITY_PROVIDER = (
+    "Invalid sign-in token (JWT): this relay trusts no identity provider (no "
+    "JWT_ISSUERS_FILE). Use a relay token from POST /users."
+)
+NOT_A_JWS = (
+    "Invalid sign-in token (JWT): not a signed JWT of three base64url parts of at most "
+    "8192 characters; an encrypted (five-part) or opaque access token cannot be verified."
+)
+#: A signed-in user's stand-in for a token hash: the parent of the scoped tokens they mint.
+IDENTITY_HASH_PREFIX = "identity:"
 SCOPED_CANNOT_MANAGE = (
     "a scoped token cannot manage the account: use the relay token that minted it."
 )
@@ -41,13 +55,15 @@ SCOPED_CANNOT_MANAGE = (
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling. `token_hash` is the HMAC of the token used; `scoped` is set for a
-    scoped token (with its id and scope), None for the account's own relay token."""
+    scoped token (with its id and scope), None for the account's own relay token;
+    `issuer` is set for the app's sign-in token (the identity provider owns it)."""
 
     user_id: str
     app_id: str
     token_hash: str
     expires_at: int | None
     scoped: ScopedGrant | None = None
+    issuer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +87,20 @@ def read_credential(headers: CIMultiDictProxy[str]) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, storage: Storage, hasher: TokenHasher, cache_ttl_s: float) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        hasher: TokenHasher,
+        cache_ttl_s: float,
+        identity: IdentityVerifier | None = None,
+    ) -> None:
         self._storage = storage
         self.hasher = hasher
+        self.identity = identity
+        #: (issuer, subject) → user id
+        self.identities: InvalidatingCache[tuple[str, str], str] = InvalidatingCache(
+            "identities", cache_ttl_s
+        )
         self.tokens: InvalidatingCache[str, TokenRecord] = InvalidatingCache("tokens", cache_ttl_s)
         self.scoped: InvalidatingCache[str, tuple[ScopedTokenRecord, Scope]] = InvalidatingCache(
             "scoped-tokens", cache_ttl_s
@@ -84,6 +111,10 @@ class Authenticator:
         if not token:
             raise ApiError(401, MISSING_TOKEN)
         if not looks_like_token(token):
+            if looks_like_jwt(token):
+                return await self._identity_principal(token)
+            if token.count(".") >= 2:
+                raise ApiError(401, NOT_A_JWS, extra={"code": "jwt_invalid"})
             raise ApiError(401, INVALID_TOKEN)
         token_hash = self.hasher.hash(token)
         if token.startswith(SCOPED_TOKEN_PREFIX):
@@ -132,6 +163,31 @@ class Authenticator:
             ScopedGrant(record.id, scope, record.parent_hash),
         )
 
+    async def _identity_principal(self, token: str) -> Principal:
+        if self.identity is None:
+            raise ApiError(401, NO_IDENTITY_PROVIDER)
+        who = await self.identity.verify(token)
+        issuer = who.issuer
+        user_id = await self.identities.load(
+            (issuer.issuer, who.subject), lambda: self._identity_user(who)
+        )
+        assert user_id is not None
+        return Principal(
+            user_id, issuer.app_id, IDENTITY_HASH_PREFIX + user_id, who.expires_at,
+            issuer=issuer.issuer,
+        )  # fmt: skip
+
+    async def _identity_user(self, who: Identity) -> str:
+        """The relay user of a signed-in identity; created on its first use (the one
+        write on this path, once per identity)."""
+        issuer = who.issuer.issuer
+        found = await self._storage.lookup_identity(issuer, who.subject)
+        if found is not None:
+            return found
+        return await self._storage.create_identity_user(
+            uuid.uuid4().hex, who.issuer.app_id, issuer, who.subject, int(time.time() * 1000)
+        )
+
     async def _read_scoped(self, token_hash: str) -> tuple[ScopedTokenRecord, Scope] | None:
         found = await self._storage.lookup_scoped_token(token_hash)
         return (found, Scope.from_json(found.scope)) if found is not None else None
@@ -143,5 +199,6 @@ class Authenticator:
         self.scoped.drop_where(lambda k, v: k == token_hash or v[0].parent_hash == token_hash)
 
     def drop_user(self, user_id: str) -> None:
+        self.identities.drop_where(lambda _, uid: uid == user_id)
         self.tokens.drop_where(lambda _, r: r.user_id == user_id)
         self.scoped.drop_where(lambda _, v: v[0].user_id == user_id)

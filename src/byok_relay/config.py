@@ -156,6 +156,25 @@ class Settings(BaseSettings):
         description="Longest ttl_s a scoped token (POST /tokens) may ask for; default 30 days.",
     )
 
+    # --- identity (SPEC §10, docs/identity.md) --------------------------------
+    JWT_ISSUERS_FILE: Path | None = Field(
+        None,
+        description="TOML file of trusted identity providers: their signed-in users' JWTs "
+        "are accepted as the credential.",
+    )
+    JWT_ONLY: bool = Field(
+        False,
+        description="Close POST /users (403): every user comes from JWT_ISSUERS_FILE's "
+        "identity providers.",
+    )
+    JWKS_TIMEOUT_S: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Longest wait for an identity provider's JWKS; after it, 503 (or the "
+        "keys already cached).",
+    )
+
     # --- relaying --------------------------------------------------------------
     ALLOWED_ORIGINS: str = Field("*", description="CORS origins, comma list; * for any.")
     ALLOWED_MODELS: str = Field(
@@ -204,6 +223,8 @@ class Settings(BaseSettings):
 
     # Filled from PROVIDER_<NAME>_BASE_URL variables (names vary, so not declared fields).
     provider_base_urls: dict[str, str] = Field(default_factory=dict, exclude=True)
+    #: JWT_ISSUERS_FILE, read and checked by load_settings (identity/issuers.py).
+    jwt_issuers: tuple[Any, ...] = Field(default_factory=tuple, exclude=True)
 
     @field_validator("ENCRYPTION_SECRET")
     @classmethod
@@ -335,9 +356,9 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
-    @field_validator("PROVIDERS_FILE")
+    @field_validator("PROVIDERS_FILE", "JWT_ISSUERS_FILE")
     @classmethod
-    def _providers_file(cls, v: Path | None) -> Path | None:
+    def _existing_file(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():
             raise ValueError(f"{v} does not exist or is not a file")
         return v
@@ -437,4 +458,18 @@ def load_settings(env_file: str | None = ENV_FILE, **overrides: Any) -> Settings
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     merged.update(os.environ)
     settings.provider_base_urls = _provider_overrides(merged)
+    if settings.JWT_ISSUERS_FILE is not None:
+        from byok_relay.identity.issuers import IdentityConfigError, load_issuers
+
+        try:
+            settings.jwt_issuers = load_issuers(
+                settings.JWT_ISSUERS_FILE, merged, allow_private=settings.ALLOW_PRIVATE_UPSTREAMS
+            )
+        except IdentityConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    if settings.JWT_ONLY and settings.JWT_ISSUERS_FILE is None:
+        raise ConfigError(
+            "JWT_ONLY: needs JWT_ISSUERS_FILE (with JWT_ONLY=true and no identity provider, "
+            "nobody could ever sign in)"
+        )
     return settings

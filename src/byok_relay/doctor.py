@@ -102,6 +102,37 @@ async def _check_redis(settings: Settings, report: Report) -> None:
         report.error(f"REDIS_URL: Redis not reachable ({type(exc).__name__}); is it running?")
 
 
+async def _check_identity(settings: Settings, report: Report) -> None:
+    """Fetch every issuer's keys as the relay would (the guarded session, JWKS_TIMEOUT_S)."""
+    import asyncio
+
+    from byok_relay.identity.keys import JwksError, key_source
+    from byok_relay.upstream import Upstream
+
+    upstream = Upstream(settings)
+    await upstream.start()
+    try:
+        sources = [
+            (issuer, key_source(issuer, lambda: upstream.guarded, settings.JWKS_TIMEOUT_S))
+            for issuer in settings.jwt_issuers
+        ]
+        found = await asyncio.gather(*(s.load() for _, s in sources), return_exceptions=True)
+    finally:
+        await upstream.close()
+    for (issuer, _), kids in zip(sources, found, strict=True):
+        name = issuer.issuer
+        if isinstance(kids, JwksError):
+            where = "the JWKS" if issuer.jwks_url else f"jwks_file {issuer.jwks_file}"
+            report.error(f"{name}: cannot fetch {where}: {kids}")
+        elif isinstance(kids, BaseException):
+            raise kids
+        elif issuer.shared_secret is not None:
+            report.ok(f"{name}: shared secret ({', '.join(sorted(issuer.algorithms))})")
+        else:
+            plural = "key" if len(kids) == 1 else "keys"
+            report.ok(f"{name}: {len(kids)} {plural} ({', '.join(kids)})")
+
+
 async def run_doctor() -> int:
     report = Report()
     print("byok-relay doctor")
@@ -135,6 +166,9 @@ async def run_doctor() -> int:
         report.warn("APP_SECRET is not set: anyone can register users (POST /users)")
     if settings.ALLOW_PRIVATE_UPSTREAMS:
         report.warn("ALLOW_PRIVATE_UPSTREAMS is on: clients may target private addresses")
+    if settings.JWT_ONLY:
+        report.ok("JWT_ONLY: users come only from the identity providers below")
+    await _check_identity(settings, report)
     await _check_storage(settings, report)
     await _check_redis(settings, report)
     if report.errors:

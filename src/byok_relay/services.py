@@ -15,6 +15,7 @@ from byok_relay.auth import Authenticator
 from byok_relay.bus import InvalidationBus
 from byok_relay.config import Settings
 from byok_relay.crypto import KeyCipher, TokenHasher
+from byok_relay.identity import IdentityVerifier
 from byok_relay.logs import log_event
 from byok_relay.metrics import RelayMetrics
 from byok_relay.providers import ProviderRegistry
@@ -45,6 +46,7 @@ class Services:
     client_address: ClientAddress
     metrics: RelayMetrics
     bus: InvalidationBus
+    identity: IdentityVerifier | None
     _storage_retry: asyncio.Task[None] | None = field(default=None, init=False)
 
     @classmethod
@@ -61,7 +63,14 @@ class Services:
         ttl = settings.CACHE_TTL_S
         # With REDIS_URL, revocations and key changes reach every instance's cache at once.
         bus = InvalidationBus(settings.REDIS_URL, f"{settings.REDIS_KEY_PREFIX}:invalidate")
-        auth = Authenticator(storage, hasher, ttl)
+        upstream = Upstream(settings)
+        identity = None
+        if settings.jwt_issuers:
+            # JWKS URLs travel on the guarded session: the SSRF checks of custom upstreams.
+            identity = IdentityVerifier.build(
+                settings.jwt_issuers, lambda: upstream.guarded, settings.JWKS_TIMEOUT_S
+            )
+        auth = Authenticator(storage, hasher, ttl, identity)
         vault = Vault(storage, cipher, ttl, bus)
         limiter = RateLimiter(settings)
         usage = UsageRecorder(storage, settings.REQUEST_LOG_RETENTION_DAYS)
@@ -77,7 +86,6 @@ class Services:
             settings.SCOPED_TOKEN_MAX_TTL_S,
         )
         _register_invalidations(bus, auth, vault, spend, usage)
-        upstream = Upstream(settings)
         client_address = ClientAddress(settings.TRUSTED_PROXIES, settings.RATE_LIMIT_IPV6_PREFIX)
         admission = Admission.build(limiter, client_address, auth, spend)
         relay = Relay(settings, registry, admission, vault, spend, usage, upstream, client_address)
@@ -98,6 +106,7 @@ class Services:
             client_address=client_address,
             metrics=RelayMetrics(),
             bus=bus,
+            identity=identity,
         )
 
     async def start(self) -> None:
@@ -117,6 +126,8 @@ class Services:
             self._storage_retry = asyncio.get_running_loop().create_task(self._retry_storage())
         self.usage.start()
         await self.bus.start()
+        if self.identity is not None:
+            self.identity.start()  # fetch the JWKS now, not on the first signed-in request
 
     async def _open_storage(self) -> None:
         await self.storage.connect()
@@ -128,6 +139,14 @@ class Services:
             await asyncio.sleep(delay)
             try:
                 await self.storage.close()
+                # Migrate on a connection of its own first: the relay's storage answers
+                # requests as soon as it connects, and must not before the schema is whole.
+                migrator = open_storage(self.settings.database_url, pool_size=1)
+                try:
+                    await migrator.connect()
+                    await migrator.migrate()
+                finally:
+                    await migrator.close()
                 await self._open_storage()
             except StorageUnavailable as exc:
                 delay = min(delay * 2, 15.0)
@@ -142,6 +161,8 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._storage_retry
         await self.bus.stop()
+        if self.identity is not None:
+            await self.identity.close()
         await self.usage.stop()
         await self.upstream.close()
         await self.spend.close()
@@ -161,7 +182,7 @@ def _register_invalidations(
     `user <user_id>`   the user erased: every cache entry and pending log row of theirs;
     `key <user_id> <provider>`  a provider key stored, replaced or deleted;
     `budget <user_id>` the owner budget set or removed."""
-    for cache in (auth.tokens, auth.scoped, vault.keys, spend.budgets):
+    for cache in (auth.tokens, auth.scoped, auth.identities, vault.keys, spend.budgets):
         bus.register_cache(cache)
     bus.register("token", 1, auth.drop_token)
     bus.register("user", 1, auth.drop_user)

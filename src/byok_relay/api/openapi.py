@@ -14,19 +14,24 @@ _REF = "#/components/schemas/{model}"
 
 _STATUS_TEXT = {
     400: "Invalid input",
-    401: "Missing, unknown, expired or revoked token",
+    401: "Missing, unknown, expired or revoked token, or a sign-in JWT that failed verification",
     403: "Path or model not allowed",
     413: "Body too large",
     422: "Provider rejected the key",
     429: "Rate limited",
     502: "Provider unreachable",
-    503: "Database unavailable",
+    503: "Database (or an identity provider's keys) unavailable",
     504: "Provider timed out",
 }
 
 _SECURITY_SCHEMES = {
     "relayToken": {"type": "apiKey", "in": "header", "name": "x-relay-token"},
-    "bearer": {"type": "http", "scheme": "bearer"},
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A relay token, a scoped token, or the app's own sign-in JWT when the "
+        "relay trusts its issuer (JWT_ISSUERS_FILE, docs/identity.md).",
+    },
 }
 
 

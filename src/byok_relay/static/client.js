@@ -16,6 +16,18 @@
  * }
  * ```
  *
+ * Or, when the relay trusts your identity provider (`JWT_ISSUERS_FILE`, SPEC §10), with the
+ * signed-in user's own JWT instead of a relay token: no registration, nothing in localStorage,
+ * and `getToken` is asked before every request, so a refreshed token is always the one sent.
+ *
+ * ```js
+ * const relay = new RelayClient({
+ *   baseUrl: 'https://relay.example.com',
+ *   getToken: () => auth0.getTokenSilently()       // or Clerk's session.getToken(), Firebase's
+ * })                                               // user.getIdToken(), Supabase's access_token
+ * await relay.storeKey('openai', userPastedKey)    // the user is created on first use
+ * ```
+ *
  * @module byok-relay/client
  */
 
@@ -24,6 +36,20 @@ export const DEFAULT_STORAGE_KEY = 'byok-relay-token'
 
 /** Header that carries the relay token. */
 export const TOKEN_HEADER = 'x-relay-token'
+
+/** Header that carries the token returned by `getToken` (as `Bearer <token>`). */
+export const BEARER_HEADER = 'authorization'
+
+/**
+ * @typedef {() => (string|null|undefined|Promise<string|null|undefined>)} GetToken
+ * Returns the signed-in user's current JWT from your identity provider (e.g.
+ * `() => auth0.getTokenSilently()`, `() => clerk.session.getToken()`,
+ * `() => auth.currentUser.getIdToken()` for Firebase). Called with no arguments before every
+ * request that needs a credential; the token is sent as `Authorization: Bearer <token>` and
+ * never stored. Throwing, or returning an empty value (no one signed in), fails that call
+ * with a {@link RelayError} of status 0 (`code` `'get_token_failed'` / `'no_token'`) before
+ * anything is sent.
+ */
 
 /**
  * @typedef {object} TokenStorage
@@ -49,7 +75,7 @@ export const TOKEN_HEADER = 'x-relay-token'
  * @property {AbortSignal} [signal]  Abort the request (and, for streams, the upstream generation).
  * @property {Record<string, string>} [headers]  Extra headers (e.g. `anthropic-version`).
  * @property {boolean} [raw]  `request()` only: resolve with the `Response` instead of parsed JSON.
- * @property {boolean} [auth]  Send the relay token (default `true`).
+ * @property {boolean} [auth]  Send the credential: the relay token, or `getToken`'s (default `true`).
  */
 
 /**
@@ -82,9 +108,10 @@ export const TOKEN_HEADER = 'x-relay-token'
  */
 export class RelayError extends Error {
   /**
-   * @param {number} status  HTTP status (0 for a network failure before any answer).
+   * @param {number} status  HTTP status; 0 when there was no answer: a network failure, or a
+   *   call the client did not send (`getToken` failed, see {@link RelayError#code}).
    * @param {string} message  The relay's `{"error": "..."}` text, or the provider's message.
-   * @param {{ body?: any, headers?: Headers, requestId?: string|null, cause?: unknown }} [extra]
+   * @param {{ body?: any, headers?: Headers, requestId?: string|null, cause?: unknown, code?: string }} [extra]
    */
   constructor (status, message, extra = {}) {
     super(message, extra.cause === undefined ? undefined : { cause: extra.cause })
@@ -97,6 +124,13 @@ export class RelayError extends Error {
     this.headers = extra.headers || null
     /** @type {string|null} The relay's `X-Relay-Request-Id`, when exposed. */
     this.requestId = extra.requestId || null
+    /**
+     * @type {string|null} Machine-readable reason: the relay's `body.code` (e.g.
+     * `'budget_exceeded'`), or the client's own for a call it refused to send:
+     * `'get_token_failed'`, `'no_token'`, `'not_with_get_token'`.
+     */
+    const b = this.body
+    this.code = extra.code || (b && typeof b === 'object' && typeof b.code === 'string' ? b.code : null)
   }
 }
 
@@ -384,6 +418,13 @@ export class RelayClient {
    * @param {string} [options.token]  Start with this token, e.g. a scoped token handed to the
    *   page by your backend (SPEC §9); kept in memory unless `storage` is given, so it never
    *   overwrites a relay token in localStorage.
+   * @param {GetToken} [options.getToken]  Use the signed-in user's JWT from your identity
+   *   provider as the credential (SPEC §10) instead of a relay token: called before every
+   *   request, sent as `Authorization: Bearer <token>`, never stored. The relay creates the
+   *   user on first use, so there is nothing to register: `register()`, `rotateToken()` and
+   *   `revokeToken()` (without an id) throw a {@link RelayError} with `code`
+   *   `'not_with_get_token'`, `ensureToken()` returns a fresh token from `getToken`, and
+   *   `storage`/`storageKey` are unused (the client keeps no token). Not combinable with `token`.
    */
   constructor ({
     baseUrl,
@@ -391,8 +432,14 @@ export class RelayClient {
     storage,
     storageKey = DEFAULT_STORAGE_KEY,
     fetch: fetchImpl,
-    token
+    token,
+    getToken
   } = {}) {
+    if (getToken != null) {
+      if (typeof getToken !== 'function') throw new TypeError('RelayClient: getToken must be a function returning the token (or a promise of it)')
+      if (token) throw new TypeError('RelayClient: pass either token or getToken, not both')
+      storage = null // the identity provider's token is never stored
+    }
     if (storage === undefined) storage = token ? createMemoryStorage() : defaultStorage()
     let base = baseUrl
     if (!base) {
@@ -416,6 +463,8 @@ export class RelayClient {
     this.expiresAt = null
     /** @type {Promise<string>|null} */
     this._registering = null
+    /** @type {GetToken|null} asked for the credential before every request, when set */
+    this.getToken = getToken || null
     if (token) this.token = token
   }
 
@@ -439,6 +488,43 @@ export class RelayClient {
 
   /** Forget the stored token locally (the relay is not told; see {@link revokeToken}). */
   clearToken () { this.token = null }
+
+  /**
+   * Ask `getToken` for the current JWT; a RelayError (status 0) when it fails or gives none.
+   * @returns {Promise<string>}
+   */
+  async _freshToken () {
+    const getToken = /** @type {GetToken} */ (this.getToken)
+    /** @type {any} */
+    let t
+    try {
+      t = await getToken()
+    } catch (err) {
+      const why = err && /** @type {any} */ (err).message ? /** @type {any} */ (err).message : String(err)
+      throw new RelayError(0, `getToken() failed, so the request was not sent: ${why}`, { cause: err, code: 'get_token_failed' })
+    }
+    if (typeof t === 'string') t = t.trim()
+    if (!t || typeof t !== 'string') {
+      const got = t === '' ? 'an empty string' : (t == null ? String(t) : `a value of type ${typeof t}`)
+      throw new RelayError(0, `getToken() returned ${got} instead of a token (is the user signed in?), so the request was not sent`, { code: 'no_token' })
+    }
+    return t
+  }
+
+  /**
+   * Refuse a relay-token operation in `getToken` mode.
+   * @param {string} what
+   */
+  _notWithGetToken (what) {
+    if (this.getToken) {
+      throw new RelayError(0, `RelayClient: ${what} is not used with getToken: the identity provider owns the credential (the relay creates the user on first use)`, { code: 'not_with_get_token' })
+    }
+  }
+
+  /** Before a call that needs a credential: register first if there is none (not with getToken). */
+  async _ready () {
+    if (!this.getToken) await this.ensureToken()
+  }
 
   /**
    * @param {string} path
@@ -490,8 +576,12 @@ export class RelayClient {
     }
     if (accept) h.accept = accept
     if (auth) {
-      const t = this.token
-      if (t) h[TOKEN_HEADER] = t
+      if (this.getToken) {
+        h[BEARER_HEADER] = 'Bearer ' + await this._freshToken()
+      } else {
+        const t = this.token
+        if (t) h[TOKEN_HEADER] = t
+      }
     }
     for (const [k, v] of Object.entries(headers)) h[k.toLowerCase()] = v
     let res
@@ -527,10 +617,13 @@ export class RelayClient {
 
   /**
    * Register a new relay user (`POST /users`) and store its token.
+   * Throws a {@link RelayError} (`code` `'not_with_get_token'`) with `getToken`: then the
+   * relay creates the user on first use.
    * @param {{ appId?: string, headers?: Record<string, string> }} [options]
    * @returns {Promise<string>} the new token
    */
   async register (options = {}) {
+    this._notWithGetToken('register()')
     const res = await this._send('/users', { app_id: options.appId || this.appId }, {
       auth: false, headers: options.headers
     })
@@ -543,10 +636,12 @@ export class RelayClient {
 
   /**
    * Return the stored token, registering first only when none is stored.
-   * Concurrent callers share one registration.
+   * Concurrent callers share one registration. With `getToken`: a fresh token from it
+   * (nothing is registered or stored).
    * @returns {Promise<string>}
    */
   async ensureToken () {
+    if (this.getToken) return this._freshToken()
     const t = this.token
     if (t) return t
     if (!this._registering) {
@@ -564,7 +659,7 @@ export class RelayClient {
    * @returns {Promise<{ ok: boolean, provider: string }>}
    */
   async storeKey (provider, key, { baseUrl, signal } = {}) {
-    await this.ensureToken()
+    await this._ready()
     /** @type {Record<string, string>} */
     const body = { key }
     if (baseUrl) body.base_url = baseUrl
@@ -640,7 +735,7 @@ export class RelayClient {
   /**
    * With a scoped token's `id`: revoke that scoped token (`DELETE /tokens/{id}`).
    * Without: kill the current relay token at once (and every scoped token it minted),
-   * and forget it locally.
+   * and forget it locally; not with `getToken` (sign the user out at the identity provider).
    * @param {string} [id]
    * @returns {Promise<any>}
    */
@@ -648,6 +743,7 @@ export class RelayClient {
     if (id !== undefined) {
       return this._parse(await this._send(`/tokens/${encodeURIComponent(id)}`, undefined, { method: 'DELETE' }))
     }
+    this._notWithGetToken('revokeToken() without a scoped token id')
     const res = await this._send('/tokens/revoke', undefined, { method: 'POST' })
     const data = await this._parse(res)
     this.clearToken()
@@ -657,9 +753,11 @@ export class RelayClient {
 
   /**
    * Get a new token for the same user (keys kept); the old one stops working. Stores the new one.
+   * Not with `getToken` (the identity provider refreshes its own tokens).
    * @returns {Promise<string>}
    */
   async rotateToken () {
+    this._notWithGetToken('rotateToken()')
     const res = await this._send('/tokens/rotate', undefined, { method: 'POST' })
     const data = await this._parse(res)
     if (!data || typeof data.token !== 'string') throw new RelayError(res.status, 'relay answered /tokens/rotate without a token', { body: data })
@@ -700,7 +798,7 @@ export class RelayClient {
    * @returns {Promise<any>}
    */
   async request (pathOrProvider, body, options = {}) {
-    await this.ensureToken()
+    await this._ready()
     const res = await this._send(this._relayPath(pathOrProvider), body, options)
     if (options.raw) return res
     return this._parse(res)
@@ -718,7 +816,7 @@ export class RelayClient {
    */
   async * stream (pathOrProvider, body, options = {}) {
     const { signal, stopOnDone = true, throwOnError = true } = options
-    await this.ensureToken()
+    await this._ready()
     const res = await this._send(this._relayPath(pathOrProvider), body, {
       method: options.method, signal, headers: options.headers, accept: 'text/event-stream'
     })

@@ -133,6 +133,18 @@ class Storage(abc.ABC):
     async def delete_user(self, user_id: str) -> bool:
         """Erase the user, their tokens, scoped tokens, budget, keys and request-log rows."""
 
+    # identities (SPEC §10)
+    @abc.abstractmethod
+    async def lookup_identity(self, issuer: str, subject: str) -> str | None:
+        """The user id of a signed-in identity, or None before its first use."""
+
+    @abc.abstractmethod
+    async def create_identity_user(
+        self, user_id: str, app_id: str, issuer: str, subject: str, now: int
+    ) -> str:
+        """Create the user of an identity, or, when another request created it first,
+        return that one's id (racing first uses make one user)."""
+
     # scoped tokens (revoke_token revokes the ones a token minted; rotate_token moves them)
     @abc.abstractmethod
     async def create_scoped_token(self, record: ScopedTokenRecord) -> None: ...

@@ -110,6 +110,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE request_log ADD COLUMN token_id TEXT",
         ),
     ),
+    Migration(
+        3,
+        "identities (users from the app's identity provider)",
+        (
+            # SPEC §10: a user signed in at the app's identity provider is the pair
+            # (issuer, subject); the same subject under two issuers is two users.
+            """CREATE TABLE identities (
+                issuer TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                created_at {bigint} NOT NULL,
+                PRIMARY KEY (issuer, subject)
+            )""",
+            "CREATE INDEX identities_user ON identities (user_id)",
+        ),
+    ),
 )
 
 

@@ -86,10 +86,7 @@ class SQLStorage(Storage):
         self, user_id: str, app_id: str, token_hash: str, now: int, expires_at: int | None
     ) -> None:
         async with self._write() as tx:
-            await tx.execute(
-                "INSERT INTO users (id, app_id, created_at) VALUES (?, ?, ?)",
-                (user_id, app_id, now),
-            )
+            await _insert_user(tx, user_id, app_id, now)
             await tx.execute(
                 "INSERT INTO tokens (token_hash, user_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?)",
@@ -164,8 +161,39 @@ class SQLStorage(Storage):
             await tx.execute("DELETE FROM scoped_tokens WHERE user_id = ?", (user_id,))
             await tx.execute("DELETE FROM budgets WHERE user_id = ?", (user_id,))
             await tx.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
+            await tx.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
             n = await tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
         return n > 0
+
+    # --- identities --------------------------------------------------------------
+    async def lookup_identity(self, issuer: str, subject: str) -> str | None:
+        async with self._read() as tx:
+            row = await tx.fetchone(
+                "SELECT user_id FROM identities WHERE issuer = ? AND subject = ?",
+                (issuer, subject),
+            )
+        return str(row[0]) if row else None
+
+    async def create_identity_user(
+        self, user_id: str, app_id: str, issuer: str, subject: str, now: int
+    ) -> str:
+        async with self._write() as tx:
+            await _insert_user(tx, user_id, app_id, now)
+            # A concurrent first use (another instance) may have won: keep its user.
+            await tx.execute(
+                "INSERT INTO identities (issuer, subject, user_id, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (issuer, subject) DO NOTHING",
+                (issuer, subject, user_id, now),
+            )
+            row = await tx.fetchone(
+                "SELECT user_id FROM identities WHERE issuer = ? AND subject = ?",
+                (issuer, subject),
+            )
+            assert row is not None
+            winner = str(row[0])
+            if winner != user_id:
+                await tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        return winner
 
     # --- scoped tokens -----------------------------------------------------------
     _SCOPED_COLUMNS = (
@@ -444,3 +472,9 @@ def _blob(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
     return b""
+
+
+async def _insert_user(tx: Tx, user_id: str, app_id: str, now: int) -> None:
+    await tx.execute(
+        "INSERT INTO users (id, app_id, created_at) VALUES (?, ?, ?)", (user_id, app_id, now)
+    )
