@@ -306,7 +306,11 @@ class Bench:
 
     # --- relay ---------------------------------------------------------------------
     def relay_env(
-        self, upstream_port: int, database_url: str, redis_url: str | None
+        self,
+        upstream_port: int,
+        database_url: str,
+        redis_url: str | None,
+        extra: dict[str, str] | None = None,
     ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not _relay_setting(k)}
         env.update(
@@ -326,6 +330,7 @@ class Bench:
         env["JWT_ISSUERS_FILE"] = str(self.identity().issuers_file)
         if redis_url:
             env["REDIS_URL"] = redis_url
+        env.update(extra or {})
         return env
 
     def identity(self) -> BenchIdP:
@@ -334,10 +339,15 @@ class Bench:
         return self._idp
 
     def start_relay(
-        self, name: str, upstream_port: int, database_url: str, redis_url: str | None = None
+        self,
+        name: str,
+        upstream_port: int,
+        database_url: str,
+        redis_url: str | None = None,
+        extra: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen[Any], int]:
         port = free_port()
-        env = self.relay_env(upstream_port, database_url, redis_url)
+        env = self.relay_env(upstream_port, database_url, redis_url, extra)
         cmd = [PY, "-m", "byok_relay", "serve", "--host", "127.0.0.1", "--port", str(port)]
         # stdout is the JSON access log (one line per request), kept in a file.
         proc = self.spawn(cmd, f"relay-{name}.log", env=env)
@@ -585,6 +595,7 @@ def phase_json(b: Bench, json_port: int) -> None:
     finally:
         b.stop(relay)
     floor = measure_floor(b, json_port, token)
+    custody = measure_custody(b, json_port)
     b.results["json"] = {
         "direct_c64": direct64,
         "relay_c64": relay64,
@@ -596,6 +607,7 @@ def phase_json(b: Bench, json_port: int) -> None:
         "spend": spend,
         "jwt": jwt_runs,
         "jwt_verify_us": measure_jwt_verify(b),
+        "custody": custody,
     }
 
 
@@ -680,6 +692,63 @@ def measure_jwt_verify(b: Bench, n: int = 300) -> float:
         return (time.process_time() - started) * 1e6 / (n - 1)
 
     return asyncio.run(run())
+
+
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so",
+                   "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")  # fmt: skip
+
+
+def softhsm_env(b: Bench) -> dict[str, str] | None:
+    """A throwaway SoftHSM2 token in the bench's work dir (fake PINs), or None without it."""
+    module = next((m for m in SOFTHSM_MODULES if Path(m).is_file()), None)
+    if module is None or shutil.which("softhsm2-util") is None:
+        return None
+    tokens = b.work / "softhsm" / "tokens"
+    tokens.mkdir(parents=True)
+    conf = b.work / "softhsm" / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    env = {"SOFTHSM2_CONF": str(conf), "KEY_CUSTODY": "pkcs11", "PKCS11_MODULE": module,
+           "PKCS11_TOKEN_LABEL": "bench", "PKCS11_PIN": "bench-fake-1234"}  # fmt: skip
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench",
+                    "--pin", env["PKCS11_PIN"], "--so-pin", "bench-fake-5678"],
+                   env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+    return env
+
+
+def measure_custody(b: Bench, json_port: int) -> dict[str, list[dict[str, Any]]] | None:
+    """CPU per request with the master key in an HSM (SoftHSM2, KEY_CUSTODY=pkcs11) and
+    warm caches, against local custody: two fresh relays on their own databases, four
+    interleaved rounds each (SPEC §11; target within 5 %)."""
+    hsm = softhsm_env(b)
+    if hsm is None:
+        log("custody: SoftHSM2 not installed (Debian softhsm2); skipped")
+        return None
+    env = b.relay_env(json_port, f"sqlite:///{b.work}/custody-hsm.db", None, hsm)
+    subprocess.run([PY, "-m", "byok_relay", "init", "--pkcs11", "--path",
+                    str(b.work / "custody.env")], env=env, cwd=b.work, check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    relays = {
+        "local": b.start_relay("custody-local", json_port, f"sqlite:///{b.work}/custody-local.db"),
+        "pkcs11": b.start_relay(
+            "custody-hsm", json_port, f"sqlite:///{b.work}/custody-hsm.db", extra=hsm
+        ),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {"local": [], "pkcs11": []}
+    try:
+        tokens = {name: b.setup_user(port) for name, (_, port) in relays.items()}
+        for name, (_, port) in relays.items():
+            b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [tokens[name]])
+        for i in range(4):  # interleaved, each side first in every other round
+            order = list(relays.items())[:: 1 if i % 2 == 0 else -1]
+            log(f"key custody, round {i + 1}/4: {order[0][0]}, then {order[1][0]}")
+            for name, (proc, port) in order:
+                runs[name].append(
+                    b.measured_wrk(proc, port, RELAY_CHAT, 64, b.args.duration, [tokens[name]])
+                )
+    finally:
+        for proc, _ in relays.values():
+            b.stop(proc)
+    return runs
 
 
 def measure_floor(b: Bench, json_port: int, token: str) -> dict[str, Any] | None:
@@ -1137,6 +1206,14 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{(jt / rt - 1) * 100:+.1f} %", "<= +10 %", jt <= rt * 1.10)  # fmt: skip
             errs_jw = sum(x["errors"] for k in jw for x in jw[k])
             add("JWT credential: non-2xx/socket errors", "-", errs_jw, "-", "0", errs_jw == 0)
+        cu = j.get("custody")
+        if cu:
+            lo, hs = (statistics.mean(r["cpu_us_per_request"] for r in cu[k]) for k in cu)
+            add("HSM custody (warm cache): CPU µs/req @64, local → pkcs11", "-",
+                f"{lo:.0f} → {hs:.0f}", f"{(hs / lo - 1) * 100:+.1f} %", "<= +5 %",
+                hs <= lo * 1.05)  # fmt: skip
+            errs_cu = sum(x["errors"] for k in cu for x in cu[k])
+            add("HSM custody: non-2xx/socket errors", "-", errs_cu, "-", "0", errs_cu == 0)
         if j.get("jwt_verify_us"):
             add("JWT first sight: RS256 verify CPU µs", "-", round(j["jwt_verify_us"]), "-",
                 "-", None)  # fmt: skip

@@ -13,6 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from byok_relay.auth import Authenticator
 from byok_relay.bus import FALLBACK_TTL_S, InvalidationBus
 from byok_relay.crypto import KeyCipher, TokenHasher, new_token
+from byok_relay.custody import KeyCustody
 from byok_relay.errors import ApiError
 from byok_relay.storage.base import StoredKey, TokenRecord
 from byok_relay.usage import UsageRecorder
@@ -59,7 +60,8 @@ def _setup(ttl: float = 30.0) -> tuple[FakeStorage, Authenticator, Vault, str, s
     hasher = TokenHasher(SECRET)
     cipher = KeyCipher(SECRET)
     auth = Authenticator(storage, hasher, ttl)  # type: ignore[arg-type]
-    vault = Vault(storage, cipher, ttl)  # type: ignore[arg-type]
+    custody = KeyCustody(cipher, storage, None, "local", ttl)  # type: ignore[arg-type]
+    vault = Vault(storage, custody, ttl)  # type: ignore[arg-type]
     token = new_token()
     token_hash = hasher.hash(token)
     storage.tokens[token_hash] = TokenRecord(token_hash, "u1", "app", None, None)

@@ -28,6 +28,7 @@ from providers.mock import MockProviders
 from providers.relay import Relay, fake_secret, http_client, register_user
 
 from byok_relay.crypto import KeyCipher, SealedKey, TokenHasher, key_hint, new_token
+from byok_relay.custody import KeyCustody
 from byok_relay.storage import open_storage
 
 HTTP = http_client()
@@ -471,7 +472,8 @@ def test_reencrypt_never_undoes_a_concurrent_change(tmp_path: Path) -> None:
     async def run() -> Any:
         await storage.connect()
         try:
-            return await reencrypt(_RacingStorage(storage, users_act), relay_b, batch_size=100)
+            custody = KeyCustody(relay_b, storage, None, "local", 1.0)
+            return await reencrypt(_RacingStorage(storage, users_act), custody, batch_size=100)
         finally:
             await storage.close()
 

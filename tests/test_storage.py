@@ -13,7 +13,13 @@ import pytest
 import pytest_asyncio
 from backends import PgDatabase, free_port
 
-from byok_relay.storage import RequestLogRow, Storage, StorageUnavailable, open_storage
+from byok_relay.storage import (
+    DataKeyRecord,
+    RequestLogRow,
+    Storage,
+    StorageUnavailable,
+    open_storage,
+)
 from byok_relay.storage.base import SealedRow
 from byok_relay.storage.migrations import MIGRATIONS
 from byok_relay.storage.sql import SQLStorage
@@ -127,6 +133,20 @@ async def test_racing_first_uses_of_an_identity_make_one_user(open_db: OpenStora
         assert await tx.fetchone("SELECT count(*) FROM users") == (1,)
     assert await db.delete_user(user_id)
     assert await db.lookup_identity("https://idp.test/", "sub-1") is None
+
+
+# --- wrapped data keys (SPEC §11) ------------------------------------------------------------
+async def test_data_keys_round_trip_and_latest(db: Storage) -> None:
+    wrapped = bytes(range(60))  # binary, as the HSM returns it
+    older = DataKeyRecord("dk-old", "pkcs11", "master", "AES-GCM", wrapped, _now() - 1000)
+    newer = DataKeyRecord("dk-new", "pkcs11", "master", "AES-GCM", wrapped[::-1], _now())
+    other = DataKeyRecord("dk-other", "pkcs11", "another", "AES-GCM", wrapped, _now() + 1000)
+    for record in (older, newer, other):
+        await db.put_data_key(record)
+    assert await db.get_data_key("dk-old") == older
+    assert await db.get_data_key("missing") is None
+    assert await db.latest_data_key("pkcs11", "master") == newer
+    assert await db.latest_data_key("pkcs11", "nothing") is None
 
 
 # --- users and tokens ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from byok_relay.api import (  # noqa: F401  (registers routes)
 )
 from byok_relay.api.endpoints import ENDPOINTS, make_handler
 from byok_relay.config import Settings
+from byok_relay.custody import CustodyUnavailable
 from byok_relay.errors import ApiError, json_response
 from byok_relay.logs import AccessLog, access_logger
 from byok_relay.providers import ProviderRegistry
@@ -132,6 +133,12 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
             return json_response(
                 {"error": "The relay's database is unavailable; try again shortly."}, 503
             )
+        except CustodyUnavailable:
+            status = 503  # SPEC §11: a key in HSM custody, the HSM not answering
+            return json_response(
+                {"error": "The relay's key store (its HSM) does not answer right now; "
+                          "try again shortly."}, 503, headers={"Retry-After": "5"},
+            )  # fmt: skip
         except asyncio.CancelledError:
             status = 499  # the client went away; the upstream request is cancelled with us
             raise

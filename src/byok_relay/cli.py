@@ -63,8 +63,12 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
         shutdown_timeout=CLOSE_TIMEOUT_S,  # after our own SHUTDOWN_GRACE_S wait below
         keepalive_timeout=settings.KEEPALIVE_TIMEOUT_S,
     )
+    from byok_relay.custody import HsmConfigError, HsmUnavailable
+
     try:
-        await runner.setup()  # opens and migrates the database
+        await runner.setup()  # opens and migrates the database, connects the HSM
+    except (HsmConfigError, HsmUnavailable) as exc:
+        raise StartError(str(exc)) from None
     except (StorageUnavailable, OSError) as exc:
         raise StartError(_database_problem(exc)) from None
     assert runner.server is not None
@@ -145,6 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(_migrate(settings))
     except (StorageUnavailable, OSError) as exc:
         raise StartError(_database_problem(exc)) from None
+    asyncio.run(_check_hsm(settings))  # a wrong PIN is one line here, not N tracebacks
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_run_worker, args=(settings, True), daemon=False)
@@ -165,6 +170,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         p.join()
         codes.append(p.exitcode or 0)
     return max(codes, default=0)
+
+
+async def _check_hsm(settings: Settings) -> None:
+    from byok_relay.custody import HsmConfigError, HsmUnavailable, hsm_from_settings
+
+    hsm = hsm_from_settings(settings)
+    if hsm is None:
+        return
+    try:
+        await hsm.connect()
+        await hsm.round_trip()
+    except (HsmConfigError, HsmUnavailable) as exc:
+        raise StartError(str(exc)) from None
+    finally:
+        await hsm.close()
 
 
 def _check_providers(settings: Settings) -> None:
@@ -193,6 +213,8 @@ TOKEN_HMAC_SECRET={hmac}
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if args.pkcs11:
+        return _init_pkcs11(path)
     if path.exists():
         return _fail(f"{path} already exists; not overwriting it (delete it or use --path).")
     text = ENV_TEMPLATE.format(
@@ -208,6 +230,42 @@ def cmd_init(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     print(f"wrote {path} (mode 0600) with fresh secrets; start with: byok-relay serve")
+    return 0
+
+
+def _init_pkcs11(path: Path) -> int:
+    """Create the HSM's master key when absent (SPEC §11); writes the .env first if there
+    is none, with the secrets that still stay local (token HMACs)."""
+    from byok_relay.custody import HsmConfigError, HsmUnavailable, hsm_from_settings
+
+    if not path.exists():
+        code = cmd_init(argparse.Namespace(path=str(path), pkcs11=False))
+        if code:
+            return code
+    settings = load_settings(str(path))
+    hsm = hsm_from_settings(settings)
+    if hsm is None:
+        return _fail("init --pkcs11: set PKCS11_MODULE, PKCS11_TOKEN_LABEL and PKCS11_PIN "
+                     "(or PKCS11_PIN_FILE), in the environment or in .env")  # fmt: skip
+
+    async def create() -> bool:
+        try:
+            return await hsm.create_key()
+        finally:
+            await hsm.close()
+
+    try:
+        created = asyncio.run(create())
+    except (HsmConfigError, HsmUnavailable) as exc:
+        return _fail(f"init --pkcs11: {exc}")
+    label, token = settings.PKCS11_KEY_LABEL, settings.PKCS11_TOKEN_LABEL
+    if created:
+        print(f"created the non-extractable AES-256 key {label!r} on token {token!r}")
+    else:
+        print(f"the key {label!r} already exists on token {token!r}; nothing to do")
+    if settings.KEY_CUSTODY != "pkcs11":
+        print("next: set KEY_CUSTODY=pkcs11, then `byok-relay reencrypt --to pkcs11` moves the "
+              "keys already stored")  # fmt: skip
     return 0
 
 
@@ -239,12 +297,19 @@ def cmd_reencrypt(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.LOG_LEVEL, settings.logger_levels)
-    result = asyncio.run(reencrypt_all(settings, batch_size=args.batch_size))
+    from byok_relay.custody import CustodyUnavailable, HsmConfigError, HsmUnavailable
+
+    try:
+        result = asyncio.run(reencrypt_all(settings, args.batch_size, args.to))
+    except (HsmConfigError, HsmUnavailable, CustodyUnavailable) as exc:
+        raise StartError(f"reencrypt: {exc}") from None
     print(
         f"re-encrypted {result.rewritten} key(s); {result.remaining} left under older secrets; "
         f"{result.unreadable} unreadable"
     )
-    if result.remaining and not result.unreadable:
+    if result.stopped:
+        print(f"stopped early: {result.stopped}; run it again when the HSM answers")
+    elif result.remaining and not result.unreadable:
         # Rows written meanwhile under an old secret (an instance not yet restarted).
         print("some keys were written under an older secret during the run: run it again")
     return 0 if result.remaining == 0 else 1
@@ -272,13 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="write a .env with fresh secrets (mode 0600)")
     init.add_argument("--path", default=ENV_FILE, help="where to write (default .env)")
+    init.add_argument("--pkcs11", action="store_true",
+                      help="also create the HSM's master key (PKCS11_*) when absent")  # fmt: skip
     init.set_defaults(func=cmd_init)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=cmd_migrate)
 
-    reenc = sub.add_parser("reencrypt", help="rewrite every stored key under the current secret")
-    reenc.add_argument("--batch-size", type=int, default=200)
+    reenc = sub.add_parser(
+        "reencrypt",
+        help="rewrite every stored key under the current secret, or move keys into or out "
+        "of HSM custody (--to)",
+    )
+    reenc.add_argument("--batch-size", type=int, default=200, help="keys per transaction")
+    reenc.add_argument("--to", choices=("local", "pkcs11"), default=None,
+                       help="the custody to move every key to (default KEY_CUSTODY)")  # fmt: skip
     reenc.set_defaults(func=cmd_reencrypt)
 
     doctor = sub.add_parser("doctor", help="check the configuration and say how to fix it")

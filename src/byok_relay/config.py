@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dotenv import dotenv_values
 from limits import RateLimitItem, parse
@@ -217,6 +217,27 @@ class Settings(BaseSettings):
         "subscriber usually holds a whole /64).",
     )
 
+    # --- key custody (SPEC §11, docs/key-custody.md) --------------------------
+    KEY_CUSTODY: Literal["local", "pkcs11"] = Field(
+        "local",
+        description="Who holds the master key of stored provider keys: local (derived from "
+        "ENCRYPTION_SECRET) or pkcs11 (an HSM's non-extractable key).",
+    )
+    PKCS11_MODULE: Path | None = Field(
+        None, description="The HSM's PKCS#11 library (.so), for KEY_CUSTODY=pkcs11."
+    )
+    PKCS11_TOKEN_LABEL: str | None = Field(None, description="Label of the PKCS#11 token.")
+    PKCS11_PIN: SecretStr | None = Field(None, description="User PIN of the token.")
+    PKCS11_PIN_FILE: Path | None = Field(
+        None, description="File holding the user PIN (instead of PKCS11_PIN)."
+    )
+    PKCS11_KEY_LABEL: str = Field(
+        "byok-relay-master",
+        min_length=1,
+        max_length=128,
+        description="Label of the non-extractable AES-256 master key on the token.",
+    )
+
     # --- build info (set by the Dockerfile or CI) ------------------------------
     BUILD_COMMIT: str = Field("unknown", description="Commit the build was made from.")
     BUILD_TIME: str = Field("unknown", description="When the build was made.")
@@ -356,7 +377,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
-    @field_validator("PROVIDERS_FILE", "JWT_ISSUERS_FILE")
+    @field_validator("PROVIDERS_FILE", "JWT_ISSUERS_FILE", "PKCS11_MODULE", "PKCS11_PIN_FILE")
     @classmethod
     def _existing_file(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():
@@ -467,9 +488,32 @@ def load_settings(env_file: str | None = ENV_FILE, **overrides: Any) -> Settings
             )
         except IdentityConfigError as exc:
             raise ConfigError(str(exc)) from None
+    _check_custody(settings)
     if settings.JWT_ONLY and settings.JWT_ISSUERS_FILE is None:
         raise ConfigError(
             "JWT_ONLY: needs JWT_ISSUERS_FILE (with JWT_ONLY=true and no identity provider, "
             "nobody could ever sign in)"
         )
     return settings
+
+
+def _check_custody(settings: Settings) -> None:
+    if settings.KEY_CUSTODY != "pkcs11":
+        return
+    for name in ("PKCS11_MODULE", "PKCS11_TOKEN_LABEL"):
+        if not getattr(settings, name):
+            raise ConfigError(f"{name}: is required with KEY_CUSTODY=pkcs11")
+    if (settings.PKCS11_PIN is None) == (settings.PKCS11_PIN_FILE is None):
+        raise ConfigError("PKCS11_PIN: set exactly one of PKCS11_PIN and PKCS11_PIN_FILE "
+                          "with KEY_CUSTODY=pkcs11")  # fmt: skip
+
+
+def hsm_pin(settings: Settings) -> str:
+    """The token's user PIN, from PKCS11_PIN or the first line of PKCS11_PIN_FILE."""
+    if settings.PKCS11_PIN is not None:
+        return settings.PKCS11_PIN.get_secret_value()
+    assert settings.PKCS11_PIN_FILE is not None
+    try:
+        return settings.PKCS11_PIN_FILE.read_text("utf-8").splitlines()[0].strip()
+    except (OSError, IndexError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"PKCS11_PIN_FILE: cannot read a PIN from it ({exc})") from None

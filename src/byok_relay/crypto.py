@@ -72,10 +72,8 @@ class KeyCipher:
         return list(self._keys)
 
     def seal(self, plaintext: str, user_id: str, provider: str) -> SealedKey:
-        nonce = os.urandom(_NONCE_BYTES)
-        aead = self._keys[self.current_version]
-        ct = aead.encrypt(nonce, plaintext.encode("utf-8"), _associated_data(user_id, provider))
-        return SealedKey(self.current_version, nonce + ct)
+        return seal_under(self._keys[self.current_version], self.current_version, plaintext,
+                          user_id, provider)  # fmt: skip
 
     def open(self, sealed: SealedKey, user_id: str, provider: str) -> str:
         aead = self._keys.get(sealed.version) if isinstance(sealed.version, str) else None
@@ -84,15 +82,28 @@ class KeyCipher:
                 f"key version {str(sealed.version)[:16]!r} is unknown: its secret is neither "
                 "ENCRYPTION_SECRET nor in ENCRYPTION_SECRET_PREVIOUS"
             )
-        blob = sealed.blob
-        if not isinstance(blob, bytes) or len(blob) < _NONCE_BYTES + _TAG_BYTES:
-            # A truncated or mistyped row (a restore gone wrong, a hand edit).
-            raise DecryptionError("stored ciphertext is malformed (truncated or not binary)")
-        nonce, ct = blob[:_NONCE_BYTES], blob[_NONCE_BYTES:]
-        try:
-            return aead.decrypt(nonce, ct, _associated_data(user_id, provider)).decode("utf-8")
-        except (InvalidTag, UnicodeDecodeError):
-            raise DecryptionError("stored key failed authentication") from None
+        return open_under(aead, sealed, user_id, provider)
+
+
+def seal_under(
+    aead: AESGCM, version: str, plaintext: str, user_id: str, provider: str
+) -> SealedKey:
+    """A provider key sealed under a data key (local, or unwrapped by the HSM)."""
+    nonce = os.urandom(_NONCE_BYTES)
+    ct = aead.encrypt(nonce, plaintext.encode("utf-8"), _associated_data(user_id, provider))
+    return SealedKey(version, nonce + ct)
+
+
+def open_under(aead: AESGCM, sealed: SealedKey, user_id: str, provider: str) -> str:
+    blob = sealed.blob
+    if not isinstance(blob, bytes) or len(blob) < _NONCE_BYTES + _TAG_BYTES:
+        # A truncated or mistyped row (a restore gone wrong, a hand edit).
+        raise DecryptionError("stored ciphertext is malformed (truncated or not binary)")
+    nonce, ct = blob[:_NONCE_BYTES], blob[_NONCE_BYTES:]
+    try:
+        return aead.decrypt(nonce, ct, _associated_data(user_id, provider)).decode("utf-8")
+    except (InvalidTag, UnicodeDecodeError):
+        raise DecryptionError("stored key failed authentication") from None
 
 
 class TokenHasher:

@@ -133,6 +133,31 @@ async def _check_identity(settings: Settings, report: Report) -> None:
             report.ok(f"{name}: {len(kids)} {plural} ({', '.join(kids)})")
 
 
+async def _check_custody(settings: Settings, report: Report) -> None:
+    """SPEC §11: the module loads, the token and key exist, a wrap/unwrap round trip works."""
+    from byok_relay.custody import HsmConfigError, HsmUnavailable, hsm_from_settings
+
+    try:
+        hsm = hsm_from_settings(settings)
+    except ConfigError as exc:
+        report.error(str(exc))
+        return
+    if hsm is None:
+        report.ok("key custody: local (provider keys sealed under ENCRYPTION_SECRET)")
+        return
+    c = hsm.config
+    try:
+        await hsm.connect()
+        report.ok(f"PKCS#11: module {c.module} loads, token {c.token_label!r} accepts the PIN, "
+                  f"key {c.key_label!r} found")  # fmt: skip
+        await hsm.round_trip()
+        report.ok(f"PKCS#11: wrap/unwrap round trip works (key custody: {settings.KEY_CUSTODY})")
+    except (HsmConfigError, HsmUnavailable) as exc:
+        report.error(f"{exc} (docs/key-custody.md)")
+    finally:
+        await hsm.close()
+
+
 async def run_doctor() -> int:
     report = Report()
     print("byok-relay doctor")
@@ -169,6 +194,7 @@ async def run_doctor() -> int:
     if settings.JWT_ONLY:
         report.ok("JWT_ONLY: users come only from the identity providers below")
     await _check_identity(settings, report)
+    await _check_custody(settings, report)
     await _check_storage(settings, report)
     await _check_redis(settings, report)
     if report.errors:

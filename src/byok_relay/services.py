@@ -14,7 +14,8 @@ from byok_relay.admission import Admission
 from byok_relay.auth import Authenticator
 from byok_relay.bus import InvalidationBus
 from byok_relay.config import Settings
-from byok_relay.crypto import KeyCipher, TokenHasher
+from byok_relay.crypto import TokenHasher
+from byok_relay.custody import KeyCustody, build_custody
 from byok_relay.identity import IdentityVerifier
 from byok_relay.logs import log_event
 from byok_relay.metrics import RelayMetrics
@@ -32,7 +33,7 @@ from byok_relay.vault import Vault
 class Services:
     settings: Settings
     storage: Storage
-    cipher: KeyCipher
+    custody: KeyCustody
     hasher: TokenHasher
     registry: ProviderRegistry
     auth: Authenticator
@@ -53,7 +54,7 @@ class Services:
     def build(cls, settings: Settings, registry: ProviderRegistry) -> Services:
         secret = settings.ENCRYPTION_SECRET.get_secret_value()
         storage = open_storage(settings.database_url, pool_size=settings.DB_POOL_SIZE)
-        cipher = KeyCipher(secret, settings.previous_secrets)
+        custody = build_custody(settings, storage)
         hmac_secret = settings.TOKEN_HMAC_SECRET
         hasher = TokenHasher(
             secret,
@@ -71,7 +72,7 @@ class Services:
                 settings.jwt_issuers, lambda: upstream.guarded, settings.JWKS_TIMEOUT_S
             )
         auth = Authenticator(storage, hasher, ttl, identity)
-        vault = Vault(storage, cipher, ttl, bus)
+        vault = Vault(storage, custody, ttl, bus)
         limiter = RateLimiter(settings)
         usage = UsageRecorder(storage, settings.REQUEST_LOG_RETENTION_DAYS)
         spend = SpendControl(
@@ -92,7 +93,7 @@ class Services:
         return cls(
             settings=settings,
             storage=storage,
-            cipher=cipher,
+            custody=custody,
             hasher=hasher,
             registry=registry,
             auth=auth,
@@ -110,6 +111,8 @@ class Services:
         )
 
     async def start(self) -> None:
+        if self.custody.hsm is not None:
+            await self.custody.hsm.connect()  # HsmConfigError: a start-up error, one line
         await self.upstream.start()
         try:
             await self._open_storage()
@@ -167,6 +170,8 @@ class Services:
         await self.upstream.close()
         await self.spend.close()
         await self.storage.close()
+        if self.custody.hsm is not None:
+            await self.custody.hsm.close()
 
 
 def _register_invalidations(

@@ -1,7 +1,8 @@
 """Provider keys: sealed before they are stored, opened once and cached briefly.
 
 The cache holds decrypted keys in this process's memory for CACHE_TTL_S so the hot path
-does no database read and no decryption for a key used in the last seconds. A key stored,
+does no database read and no decryption for a key used in the last seconds. Sealing and
+opening go through the key custody (`custody/`: the local secret or an HSM, SPEC §11). A key stored,
 replaced or deleted here is invalidated through the bus (`bus.py`): dropped here at once
 and on every other instance within milliseconds.
 """
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 
 from byok_relay.bus import InvalidationBus
 from byok_relay.cache import InvalidatingCache
-from byok_relay.crypto import DecryptionError, KeyCipher, SealedKey, key_hint
+from byok_relay.crypto import DecryptionError, SealedKey, key_hint
+from byok_relay.custody import KeyCustody
 from byok_relay.logs import log_event
 from byok_relay.storage import KeyInfo, Storage
 
@@ -32,12 +34,12 @@ class Vault:
     def __init__(
         self,
         storage: Storage,
-        cipher: KeyCipher,
+        custody: KeyCustody,
         cache_ttl_s: float,
         bus: InvalidationBus | None = None,
     ) -> None:
         self._storage = storage
-        self._cipher = cipher
+        self.custody = custody
         self._bus = bus
         self.keys: InvalidatingCache[tuple[str, str], OpenKey] = InvalidatingCache(
             "keys", cache_ttl_s
@@ -52,7 +54,7 @@ class Vault:
         if stored is None:
             return None
         try:
-            secret = self._cipher.open(
+            secret = await self.custody.open(
                 SealedKey(stored.key_version, stored.ciphertext), user_id, provider
             )
         except DecryptionError as exc:
@@ -61,7 +63,7 @@ class Vault:
         return OpenKey(secret, stored.base_url)
 
     async def put(self, user_id: str, provider: str, secret: str, base_url: str | None) -> None:
-        sealed = self._cipher.seal(secret, user_id, provider)
+        sealed = await self.custody.seal(secret, user_id, provider)
         await self._storage.put_key(
             user_id,
             provider,

@@ -20,7 +20,7 @@ _STATIC = files("byok_relay") / "static"
 @endpoint(
     "GET",
     "/health",
-    summary="Liveness; ?deep=1 also checks the database",
+    summary="Liveness; ?deep=1 also checks the database and the key custody (HSM)",
     auth="none",
     response=HealthResponse,
     tag="meta",
@@ -42,8 +42,11 @@ async def health(request: web.Request, svc: Services) -> web.Response:
             checks["database"] = f"unavailable ({type(exc).__name__})"
             body["ok"] = False
         checks["rate_limits"] = svc.limiter.backend
+        checks["key_custody"] = f"{svc.custody.mode} " + await svc.custody.check()
+        if not checks["key_custody"].endswith(" ok"):
+            body["ok"] = False
         if _operator(request, svc):
-            checks["encryption_key_version"] = svc.cipher.current_version
+            checks["encryption_key_version"] = svc.custody.local.current_version
         body["checks"] = checks
     return json_response(body, 200 if body["ok"] else 503)
 

@@ -1,6 +1,7 @@
 """Storage: one interface (`Storage`), SQL kept in `sql.py`, one module per engine."""
 
 from byok_relay.storage.base import (
+    DataKeyRecord,
     KeyInfo,
     RequestLogRow,
     ScopedTokenRecord,
@@ -13,6 +14,7 @@ from byok_relay.storage.base import (
 from byok_relay.storage.factory import open_storage
 
 __all__ = [
+    "DataKeyRecord",
     "KeyInfo",
     "RequestLogRow",
     "ScopedTokenRecord",

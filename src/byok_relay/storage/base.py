@@ -46,6 +46,19 @@ class UsageTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class DataKeyRecord:
+    """A data key wrapped by an HSM master key (SPEC §11): `custody` and `key_label` say
+    which master key, `mechanism` how it was wrapped."""
+
+    id: str
+    custody: str
+    key_label: str
+    mechanism: str
+    wrapped: bytes
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoredKey:
     key_version: str
     ciphertext: bytes
@@ -192,6 +205,16 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def delete_key(self, user_id: str, provider: str) -> bool: ...
+
+    # wrapped data keys (key custody, SPEC §11)
+    @abc.abstractmethod
+    async def put_data_key(self, record: DataKeyRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_data_key(self, data_key_id: str) -> DataKeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def latest_data_key(self, custody: str, key_label: str) -> DataKeyRecord | None: ...
 
     # secret rotation (`byok-relay reencrypt`)
     @abc.abstractmethod

@@ -126,6 +126,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX identities_user ON identities (user_id)",
         ),
     ),
+    Migration(
+        4,
+        "data_keys (envelope encryption under an HSM master key)",
+        (
+            # SPEC §11: data keys wrapped by the HSM; api_keys.key_version 'p11:<id>'
+            # names the one that sealed a row.
+            """CREATE TABLE data_keys (
+                id TEXT PRIMARY KEY,
+                custody TEXT NOT NULL,
+                key_label TEXT NOT NULL,
+                mechanism TEXT NOT NULL,
+                wrapped {blob} NOT NULL,
+                created_at {bigint} NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

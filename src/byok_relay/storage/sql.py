@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from byok_relay.storage.base import (
+    DataKeyRecord,
     KeyInfo,
     RequestLogRow,
     ScopedTokenRecord,
@@ -164,6 +165,34 @@ class SQLStorage(Storage):
             await tx.execute("DELETE FROM identities WHERE user_id = ?", (user_id,))
             n = await tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
         return n > 0
+
+    # --- wrapped data keys -------------------------------------------------------
+    _DATA_KEY_SELECT = (
+        "SELECT id, custody, key_label, mechanism, wrapped, created_at FROM data_keys"
+    )
+
+    async def put_data_key(self, record: DataKeyRecord) -> None:
+        async with self._write() as tx:
+            await tx.execute(
+                "INSERT INTO data_keys (id, custody, key_label, mechanism, wrapped, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (record.id, record.custody, record.key_label, record.mechanism,
+                 record.wrapped, record.created_at),
+            )  # fmt: skip
+
+    async def get_data_key(self, data_key_id: str) -> DataKeyRecord | None:
+        async with self._read() as tx:
+            row = await tx.fetchone(self._DATA_KEY_SELECT + " WHERE id = ?", (data_key_id,))
+        return _data_key(row) if row else None
+
+    async def latest_data_key(self, custody: str, key_label: str) -> DataKeyRecord | None:
+        async with self._read() as tx:
+            row = await tx.fetchone(
+                self._DATA_KEY_SELECT
+                + " WHERE custody = ? AND key_label = ? ORDER BY created_at DESC, id LIMIT 1",
+                (custody, key_label),
+            )
+        return _data_key(row) if row else None
 
     # --- identities --------------------------------------------------------------
     async def lookup_identity(self, issuer: str, subject: str) -> str | None:
@@ -478,3 +507,8 @@ async def _insert_user(tx: Tx, user_id: str, app_id: str, now: int) -> None:
     await tx.execute(
         "INSERT INTO users (id, app_id, created_at) VALUES (?, ?, ?)", (user_id, app_id, now)
     )
+
+
+def _data_key(row: Any) -> DataKeyRecord:
+    return DataKeyRecord(str(row[0]), str(row[1]), str(row[2]), str(row[3]),
+                         _blob(row[4]), int(row[5]))  # fmt: skip
