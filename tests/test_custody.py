@@ -346,3 +346,12 @@ def test_concurrent_requests_with_no_cache_all_reach_the_hsm_fine(
         assert statuses == [200] * 64
     finally:
         _stop_quietly(relay)
+
+
+def test_reencrypt_to_pkcs11_without_the_hsm_settings_is_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    seed(db, 3, TEST_ENCRYPTION_SECRET)
+    done = cli({"DATABASE_URL": f"sqlite:///{db}"}, tmp_path, "reencrypt", "--to", "pkcs11")
+    assert done.returncode == 2 and "set PKCS11_MODULE" in done.stderr, done
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert _versions(db) == {"local": 3, "p11": 0}

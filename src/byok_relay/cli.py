@@ -299,6 +299,9 @@ def cmd_reencrypt(args: argparse.Namespace) -> int:
     configure_logging(settings.LOG_LEVEL, settings.logger_levels)
     from byok_relay.custody import CustodyUnavailable, HsmConfigError, HsmUnavailable
 
+    if args.to == "pkcs11" and (settings.PKCS11_MODULE is None or not settings.PKCS11_TOKEN_LABEL):
+        raise StartError("reencrypt --to pkcs11: set PKCS11_MODULE, PKCS11_TOKEN_LABEL and "
+                         "PKCS11_PIN (or PKCS11_PIN_FILE); see docs/key-custody.md")  # fmt: skip
     try:
         result = asyncio.run(reencrypt_all(settings, args.batch_size, args.to))
     except (HsmConfigError, HsmUnavailable, CustodyUnavailable) as exc:

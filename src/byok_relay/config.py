@@ -512,7 +512,8 @@ def hsm_pin(settings: Settings) -> str:
     """The token's user PIN, from PKCS11_PIN or the first line of PKCS11_PIN_FILE."""
     if settings.PKCS11_PIN is not None:
         return settings.PKCS11_PIN.get_secret_value()
-    assert settings.PKCS11_PIN_FILE is not None
+    if settings.PKCS11_PIN_FILE is None:
+        raise ConfigError("PKCS11_PIN: set PKCS11_PIN or PKCS11_PIN_FILE with PKCS11_MODULE")
     try:
         return settings.PKCS11_PIN_FILE.read_text("utf-8").splitlines()[0].strip()
     except (OSError, IndexError, UnicodeDecodeError) as exc:

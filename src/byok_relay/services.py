@@ -112,7 +112,10 @@ class Services:
 
     async def start(self) -> None:
         if self.custody.hsm is not None:
-            await self.custody.hsm.connect()  # HsmConfigError: a start-up error, one line
+            # HsmConfigError / HsmUnavailable: a start-up error, one line. The round trip
+            # also refuses a token that cannot do AES-GCM before the first key needs it.
+            await self.custody.hsm.connect()
+            await self.custody.hsm.round_trip()
         await self.upstream.start()
         try:
             await self._open_storage()
