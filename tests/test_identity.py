@@ -472,3 +472,10 @@ def test_doctor_fetches_each_jwks(idps: Issuers, tmp_path: Path) -> None:
     assert f"{FILE_ISSUER}: 1 key ({idps.offline_key.kid})" in out, out
     assert done.returncode == 1  # two issuers' keys cannot be had
     assert TEST_HS256_SECRET not in out + done.stderr
+
+
+def test_a_relay_without_issuers_refuses_a_jwt_saying_why(
+    relay: Relay, idps: Issuers, mocks: MockProviders
+) -> None:
+    """The default relay has no JWT_ISSUERS_FILE: a sign-in token gets a 401 naming it."""
+    refused(relay, mocks, idps.main.token(), "trusts no identity provider", "JWT_ISSUERS_FILE")

@@ -42,7 +42,7 @@ async def health(request: web.Request, svc: Services) -> web.Response:
             checks["database"] = f"unavailable ({type(exc).__name__})"
             body["ok"] = False
         checks["rate_limits"] = svc.limiter.backend
-        checks["key_custody"] = f"{svc.custody.mode} " + await svc.custody.check()
+        checks["key_custody"] = f"{svc.custody.target} " + await svc.custody.check()
         if not checks["key_custody"].endswith(" ok"):
             body["ok"] = False
         if _operator(request, svc):

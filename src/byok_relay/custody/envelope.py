@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the binding is the optional `pkcs11` extra
 
 HSM_VERSION_PREFIX = "p11:"
 WRAP_MECHANISM = "AES-GCM"
+CHECK_INTERVAL_S = 1.0
 
 
 def _wrap_aad(data_key_id: str) -> bytes:
@@ -56,10 +57,7 @@ class KeyCustody:
         )
         self._current_id: str | None = None
         self._current_lock = asyncio.Lock()
-
-    @property
-    def mode(self) -> str:
-        return self.target
+        self._checked: tuple[float, str] | None = None
 
     async def current_version(self) -> str:
         """The version new keys are sealed under (creates the HSM data key on first use)."""
@@ -136,11 +134,18 @@ class KeyCustody:
         return self.hsm
 
     async def check(self) -> str:
-        """`ok`, or why the HSM does not answer (/health?deep=1)."""
+        """`ok`, or why the HSM does not answer (/health?deep=1). /health is public and
+        unthrottled: one round trip per CHECK_INTERVAL_S at most, the answer reused
+        meanwhile, so health probes cannot crowd the HSM's one thread."""
         if self.hsm is None:
             return "ok"
+        now = time.monotonic()
+        if self._checked is not None and now - self._checked[0] < CHECK_INTERVAL_S:
+            return self._checked[1]
         try:
             await self.hsm.round_trip()
+            answer = "ok"
         except (HsmUnavailable, HsmDataError) as exc:
-            return f"unavailable ({exc})"
-        return "ok"
+            answer = f"unavailable ({exc})"
+        self._checked = (time.monotonic(), answer)
+        return answer

@@ -56,7 +56,6 @@ class Hsm:
         self._token: Any = None
         self._login: Any = None  # the one session, logged in
         self._key: Any = None  # the master key's handle in that session
-        self._lost_since: float | None = None
         self._last_attempt = 0.0
         #: Why the token is unavailable (None while it answers): /health?deep=1 shows it.
         self.problem: str | None = None
@@ -124,7 +123,7 @@ class Hsm:
 
     def _session_key(self) -> Any:
         """The master key's handle, reconnecting after a loss (on the HSM thread only)."""
-        if self._lost_since is not None or self._key is None:
+        if self._key is None:  # never connected, or lost
             now = time.monotonic()
             if now - self._last_attempt < RECONNECT_INTERVAL_S:
                 raise HsmUnavailable(self.problem or "the token is unavailable")
@@ -138,8 +137,8 @@ class Hsm:
         return self._key
 
     def _lost(self, exc: BaseException) -> None:
-        if self._lost_since is None:
-            self._lost_since = time.monotonic()
+        if self._key is not None:  # just lost: the next attempt waits an interval
+            self._key = None
             self._last_attempt = time.monotonic()
         self.problem = _describe(exc)
 
@@ -179,7 +178,6 @@ class Hsm:
                 f"PKCS11_KEY_LABEL: no AES key labelled {c.key_label!r} on the token; "
                 "create it with `byok-relay init --pkcs11`"
             ) from None
-        self._lost_since = None
         self.problem = None
 
     def _disconnect(self) -> None:

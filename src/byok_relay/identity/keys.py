@@ -195,8 +195,6 @@ class RemoteJwks:
         self._fetch: asyncio.Task[None] | None = None
         #: Why the last fetch failed (None after a success): doctor and 503s say it.
         self.last_error: str | None = None
-        #: Fetches started (tests and doctor read it).
-        self.fetches = 0
 
     async def key(self, kid: str | None, alg: str) -> PyJWK | None:
         now = time.monotonic()
@@ -243,7 +241,6 @@ class RemoteJwks:
     def _start_fetch(self) -> asyncio.Task[None]:
         if self._fetch is None:
             self._last_attempt = time.monotonic()
-            self.fetches += 1
             self._fetch = asyncio.get_running_loop().create_task(self._run_fetch())
         return self._fetch
 
