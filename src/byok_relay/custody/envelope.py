@@ -58,6 +58,7 @@ class KeyCustody:
         self._current_id: str | None = None
         self._current_lock = asyncio.Lock()
         self._checked: tuple[float, str] | None = None
+        self._unwrapping: dict[str, asyncio.Future[AESGCM]] = {}
 
     async def current_version(self) -> str:
         """The version new keys are sealed under (creates the HSM data key on first use)."""
@@ -84,6 +85,16 @@ class KeyCustody:
         hit = self._data_keys.get(data_key_id)
         if hit is not None:
             return hit
+        # When the cached data key expires, every request in flight misses at once: they
+        # share one unwrap instead of queueing dozens on the HSM's one thread.
+        pending = self._unwrapping.get(data_key_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._unwrap(data_key_id))
+            self._unwrapping[data_key_id] = pending
+            pending.add_done_callback(lambda _: self._unwrapping.pop(data_key_id, None))
+        return await asyncio.shield(pending)
+
+    async def _unwrap(self, data_key_id: str) -> AESGCM:
         hsm = self._require_hsm()
         record = await self._storage.get_data_key(data_key_id)
         if record is None:
