@@ -300,7 +300,6 @@ def test_client_js_served_as_javascript(relay: Relay) -> None:
         ("POST", "/nope"),
         ("GET", "/keys/openai/extra/segments"),
         ("GET", "/relayx"),
-        ("GET", "/"),
     ],
 )
 def test_not_found_is_json(relay: Relay, method: str, path: str) -> None:

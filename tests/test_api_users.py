@@ -156,7 +156,10 @@ def test_registration_rate_limit(start_relay: StartRelay) -> None:
         r = HTTP.post(url, json={"app_id": "limited"}, timeout=10)
         assert r.status_code == 200, r.text
     third = HTTP.post(url, json={"app_id": "limited"}, timeout=10)
-    error_of(third, 429)
+    message = error_of(third, 429)
+    # the refusal says which limit it is and which setting changes it
+    assert "Too many registrations from this address (2 per hour)" in message
+    assert "RATE_LIMIT_REGISTER" in message
     h = third.headers
     retry_after = int(h["Retry-After"])
     assert 0 < retry_after <= 3600
@@ -167,6 +170,30 @@ def test_registration_rate_limit(start_relay: StartRelay) -> None:
     with db(server) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (2,)
     assert HTTP.get(f"{server.url}/version", timeout=10).status_code == 200
+
+
+def test_loopback_relay_does_not_lock_its_developer_out(start_relay: StartRelay) -> None:
+    """Trying the relay locally (walk-through, demo clicks, client.js) registers more
+    than the production default of 10 an hour: unset on loopback, the limit is relaxed."""
+    server = start_relay(RATE_LIMIT_REGISTER=None)
+    for i in range(12):
+        r = HTTP.post(f"{server.url}/users", json={"app_id": "trying-it"}, timeout=10)
+        assert r.status_code == 200, (i, r.text)
+    assert (
+        "RATE_LIMIT_REGISTER is unset and the relay listens on loopback only" in server.log_text()
+    )
+
+
+def test_register_limit_default_outside_loopback() -> None:
+    from byok_relay.config import LOOPBACK_REGISTER_LIMIT, Settings
+
+    secret = {"ENCRYPTION_SECRET": TEST_ENCRYPTION_SECRET}
+    assert Settings(HOST="0.0.0.0", **secret).register_limit == "10/hour"  # type: ignore[arg-type]
+    assert Settings(HOST="::1", **secret).register_limit == LOOPBACK_REGISTER_LIMIT  # type: ignore[arg-type]
+    assert Settings(HOST="localhost", **secret).register_limit == LOOPBACK_REGISTER_LIMIT  # type: ignore[arg-type]
+    # set explicitly, it is what it says, on loopback too
+    explicit = Settings(HOST="127.0.0.1", RATE_LIMIT_REGISTER="3/hour", **secret)  # type: ignore[arg-type]
+    assert explicit.register_limit == "3/hour"
 
 
 # --- tokens -----------------------------------------------------------------------------

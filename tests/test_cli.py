@@ -191,6 +191,43 @@ def test_init_path_option(cli: InProcessCli, tmp_path: Path) -> None:
     assert "ENCRYPTION_SECRET" in parse_env_file(tmp_path / "custom.env")
 
 
+def test_init_stdout_prints_the_env_and_writes_no_file(tmp_path: Path) -> None:
+    """`init --stdout` (the container path: `docker run --rm IMAGE byok-relay init --stdout
+    > .env`): stdout is exactly a .env, nothing is written, an existing .env is no obstacle."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (b / ".env").write_text("PORT=1234\n")
+    ra = run_cli(a, "init", "--stdout")
+    rb = run_cli(b, "init", "--stdout")
+    for r in (ra, rb):
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == ""
+        lines = [line for line in r.stdout.splitlines() if line.strip()]
+        assert all(re.fullmatch(r"#.*|[A-Z_]+=\S+", line) for line in lines), r.stdout
+    assert list(a.iterdir()) == []
+    assert (b / ".env").read_text() == "PORT=1234\n"
+    (a / "printed.env").write_text(ra.stdout)
+    (b / "printed.env").write_text(rb.stdout)
+    va, vb = parse_env_file(a / "printed.env"), parse_env_file(b / "printed.env")
+    assert re.fullmatch(r"[0-9a-f]{64}", va["ENCRYPTION_SECRET"])
+    assert re.fullmatch(r"[0-9a-f]{64}", va["TOKEN_HMAC_SECRET"])
+    assert va["ENCRYPTION_SECRET"] != vb["ENCRYPTION_SECRET"]
+    assert va["TOKEN_HMAC_SECRET"] not in (vb["TOKEN_HMAC_SECRET"], va["ENCRYPTION_SECRET"])
+
+
+def test_init_stdout_is_a_complete_configuration(cli: InProcessCli, tmp_path: Path) -> None:
+    r = cli("init", "--stdout")
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".env").write_text(r.stdout)
+    doctor = cli("doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    both = cli("init", "--stdout", "--pkcs11")
+    assert both.returncode != 0 and both.stdout == ""
+    assert "--stdout" in both.stderr and len(both.stderr.strip().splitlines()) == 1
+
+
 def test_init_then_doctor_and_migrate(cli: InProcessCli, tmp_path: Path) -> None:
     """The .env that init writes is a complete, valid configuration."""
     assert cli("init").returncode == 0

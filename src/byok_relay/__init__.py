@@ -1,10 +1,7 @@
 """byok-relay: a relay that lets browser apps call AI providers with their users' own keys."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("byok-relay")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0+local"
+# The one place the version is written: pyproject.toml reads it from here (dynamic), the
+# npm package's version is checked against it, and CHANGELOG.md names each release.
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -14,13 +14,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from byok_relay.api import (  # noqa: F401  (registers routes)
     budget,
     key_checks,
     keys,
     meta,
+    skill,
     stats,
     tokens,
     users,
@@ -61,6 +62,11 @@ EXPOSED_HEADERS = ", ".join(
         ),
     ]
 )
+# Every answer says `Server: byok-relay`, also the HTTP parser's own 400s that no app
+# hook sees: aiohttp's "Python/3.x aiohttp/3.y" only helps whoever looks for a known
+# hole (operators have GET /version).
+web_response.SERVER_SOFTWARE = "byok-relay"  # type: ignore[attr-defined]
+
 SECURITY_HEADERS = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
@@ -101,7 +107,9 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
     cors = Cors(settings.allowed_origins)
     https_forwarded = bool(settings.TRUSTED_PROXIES)
     metrics = services.metrics
-    access_log = AccessLog(enabled=settings.LOG_LEVEL in ("debug", "info"))
+    access_log = AccessLog(
+        enabled=settings.LOG_LEVEL in ("debug", "info"), text=settings.log_as_text
+    )
 
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:

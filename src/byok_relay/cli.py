@@ -1,4 +1,4 @@
-"""The `byok-relay` command: serve, init, migrate, reencrypt, doctor."""
+"""The `byok-relay` command: serve, init, migrate, reencrypt, doctor, mcp."""
 
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
         ) from None
     log_event(
         "byok-relay listening",
+        url=_browse_url(settings),  # what to open: the landing page links demo and docs
         host=settings.HOST,
         port=settings.PORT,
         pid=os.getpid(),
@@ -109,6 +110,16 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
     log_event("stopped")
 
 
+def _browse_url(settings: Settings) -> str:
+    """The address to open in a browser (a wildcard listener is reachable on localhost)."""
+    host = settings.HOST
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 (reading the setting, not binding)
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.PORT}/"
+
+
 def _startup_notes(settings: Settings) -> None:
     for name, url in sorted(settings.provider_base_urls.items()):
         # Operators should see where keys go: a stale override is a silent leak.
@@ -121,10 +132,16 @@ def _startup_notes(settings: Settings) -> None:
         )
     if settings.APP_SECRET is None:
         log_event("APP_SECRET is not set: POST /users is open to anyone.", 30)
+    if settings.register_limit != settings.RATE_LIMIT_REGISTER:
+        log_event(
+            f"RATE_LIMIT_REGISTER is unset and the relay listens on loopback only: allowing "
+            f"{settings.register_limit} registrations per address (the default is "
+            f"{settings.RATE_LIMIT_REGISTER} once HOST is reachable from other machines)."
+        )
 
 
 def _run_worker(settings: Settings, reuse_port: bool) -> None:
-    configure_logging(settings.LOG_LEVEL, settings.logger_levels)
+    configure_logging(settings.LOG_LEVEL, settings.logger_levels, settings.log_as_text)
     _install_uvloop()
     asyncio.run(_serve(settings, reuse_port))
 
@@ -138,7 +155,7 @@ def _install_uvloop() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    configure_logging(settings.LOG_LEVEL, settings.logger_levels)
+    configure_logging(settings.LOG_LEVEL, settings.logger_levels, settings.log_as_text)
     _check_providers(settings)
     _startup_notes(settings)
     if settings.WORKERS == 1:
@@ -213,13 +230,22 @@ TOKEN_HMAC_SECRET={hmac}
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    to_stdout = getattr(args, "stdout", False)
     if args.pkcs11:
+        if to_stdout:
+            return _fail("init: --stdout and --pkcs11 cannot be combined (--pkcs11 needs a file).")
         return _init_pkcs11(path)
-    if path.exists():
-        return _fail(f"{path} already exists; not overwriting it (delete it or use --path).")
     text = ENV_TEMPLATE.format(
         encryption=secrets.token_hex(32), hmac=secrets.token_hex(32), app=secrets.token_hex(24)
     )
+    if to_stdout:
+        # Nothing touches the disk: the caller redirects (a container without a host
+        # Python: `docker run --rm IMAGE byok-relay init --stdout > .env`).
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return 0
+    if path.exists():
+        return _fail(f"{path} already exists; not overwriting it (delete it or use --path).")
     try:
         # O_EXCL: never through a (dangling) symlink, never over a file created meanwhile.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -296,7 +322,7 @@ def cmd_reencrypt(args: argparse.Namespace) -> int:
     from byok_relay.reencrypt import reencrypt_all
 
     settings = _settings(args)
-    configure_logging(settings.LOG_LEVEL, settings.logger_levels)
+    configure_logging(settings.LOG_LEVEL, settings.logger_levels, settings.log_as_text)
     from byok_relay.custody import CustodyUnavailable, HsmConfigError, HsmUnavailable
 
     if args.to == "pkcs11" and (settings.PKCS11_MODULE is None or not settings.PKCS11_TOKEN_LABEL):
@@ -325,6 +351,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return asyncio.run(run_doctor())
 
 
+# --- mcp -----------------------------------------------------------------------------
+def cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from byok_relay.mcp_server import serve_stdio
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "mcp":
+            raise
+        raise StartError("byok-relay mcp needs the MCP Python SDK (mcp>=2.3): "
+                         "pip install 'byok-relay[mcp]'") from None  # fmt: skip
+    return serve_stdio()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="byok-relay", description="Relay AI requests with each user's own provider key."
@@ -332,33 +370,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"byok-relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the relay")
+    serve = sub.add_parser(
+        "serve",
+        help="run the relay",
+        description="Run the relay: the HTTP API, the relay routes, the demo and the docs. "
+        "Settings come from the environment and .env (see the README's configuration table).",
+    )
     serve.add_argument("--host", help="interface (default HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default PORT or 3000)")
     serve.add_argument("--workers", type=int, help="worker processes (default WORKERS or 1)")
     serve.set_defaults(func=cmd_serve)
 
-    init = sub.add_parser("init", help="write a .env with fresh secrets (mode 0600)")
+    init = sub.add_parser(
+        "init",
+        help="write a .env with fresh secrets (mode 0600)",
+        description="Write a .env with fresh ENCRYPTION_SECRET and TOKEN_HMAC_SECRET (mode "
+        "0600); never overwrites. Back the file up apart from the database (docs/backup.md).",
+    )
     init.add_argument("--path", default=ENV_FILE, help="where to write (default .env)")
     init.add_argument("--pkcs11", action="store_true",
                       help="also create the HSM's master key (PKCS11_*) when absent")  # fmt: skip
+    init.add_argument("--stdout", action="store_true",
+                      help="print the .env to stdout instead of writing a file (for "
+                      "`docker run --rm IMAGE byok-relay init --stdout > .env`)")  # fmt: skip
     init.set_defaults(func=cmd_init)
 
-    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply database migrations",
+        description="Apply the pending database migrations and exit (serve also does it at "
+        "start; run it alone before a rolling upgrade of several instances).",
+    )
     migrate.set_defaults(func=cmd_migrate)
 
     reenc = sub.add_parser(
         "reencrypt",
         help="rewrite every stored key under the current secret, or move keys into or out "
         "of HSM custody (--to)",
+        description="Rewrite every stored key under the current ENCRYPTION_SECRET (after "
+        "changing it, with the old one in ENCRYPTION_SECRET_PREVIOUS), or move every key into "
+        "or out of HSM custody (--to). Resumable; exit 1 while keys remain under old secrets.",
     )
-    reenc.add_argument("--batch-size", type=int, default=200, help="keys per transaction")
+    reenc.add_argument("--batch-size", type=int, default=200,
+                       help="keys rewritten per database transaction (default 200)")  # fmt: skip
     reenc.add_argument("--to", choices=("local", "pkcs11"), default=None,
                        help="the custody to move every key to (default KEY_CUSTODY)")  # fmt: skip
     reenc.set_defaults(func=cmd_reencrypt)
 
-    doctor = sub.add_parser("doctor", help="check the configuration and say how to fix it")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the configuration and say how to fix it",
+        description="Check the configuration, the database, Redis, the HSM and the identity "
+        "providers; print what is wrong and how to fix it. Exit 0 when all is well.",
+    )
     doctor.set_defaults(func=cmd_doctor)
+
+    mcp = sub.add_parser(
+        "mcp",
+        help="run an MCP server over stdio for Claude Desktop, Claude Code, Cursor, ...",
+        description="Speak the Model Context Protocol on stdin/stdout with tools that call a "
+        "relay: health, register, store_key, list_keys, delete_key, chat, request, usage. "
+        "Configured by RELAY_URL and RELAY_TOKEN (optional: RELAY_TOKEN_FILE, RELAY_APP_ID, "
+        "RELAY_APP_SECRET); logs go to stderr. Needs pip install 'byok-relay[mcp]'; see "
+        "docs/integrations.md.",
+    )
+    mcp.set_defaults(func=cmd_mcp)
     return parser
 
 

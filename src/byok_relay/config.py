@@ -7,9 +7,11 @@ Values come from the process environment and a `.env` file in the working direct
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +20,12 @@ from limits import RateLimitItem, parse
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from byok_relay.netguard import is_loopback_host
+
 ENV_FILE = ".env"
 DEFAULT_DATABASE_URL = "sqlite:///./data/relay.db"
+# What RATE_LIMIT_REGISTER is when unset on a relay reachable from loopback only.
+LOOPBACK_REGISTER_LIMIT = "100/hour"
 _PROVIDER_URL_VAR = re.compile(r"^PROVIDER_([A-Z0-9_]+)_BASE_URL$")
 _PROVIDER_URL_ANY_CASE = re.compile(r"^provider_(.+)_base_url$", re.IGNORECASE)
 #: zxcvbn's estimate of the guesses a secret takes, as a power of ten: below this it is
@@ -28,6 +34,13 @@ MIN_SECRET_GUESSES_LOG10 = 25.0
 _LOGGER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _ORIGIN = re.compile(r"^https?://[^\s/?#@]+$")
+#: A host[:port] safe to write into Markdown and URLs (GET /skill, /llms.txt): DNS labels
+#: (underscores allowed, as in container names), IPv4, or a bracketed IPv6 address.
+HOST_PORT = re.compile(
+    r"(?:[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?"
+    r"|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+_PUBLIC_URL = re.compile(r"https?://(?P<host>[^/?#\s]{1,260})(?P<path>/[A-Za-z0-9._~%/-]*)?")
 
 
 class ConfigError(Exception):
@@ -90,6 +103,11 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = Field(
         "info", description="debug, info, warning or error (the relay's own log lines)."
     )
+    LOG_FORMAT: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="json (one object per line, for services), text (for people) or auto: "
+        "text when the log goes to a terminal, json otherwise.",
+    )
     LOG_LEVELS: str = Field(
         "",
         description="Other libraries' loggers by name, e.g. aiohttp.client=debug "
@@ -115,6 +133,11 @@ class Settings(BaseSettings):
         gt=0,
         description="An idle keep-alive connection is closed after this "
         "(nginx's keepalive_timeout).",
+    )
+    PUBLIC_URL: str | None = Field(
+        None,
+        description="The relay's public base URL (https://relay.example.com), written into "
+        "GET /skill and /llms.txt; unset = the URL each request came in on.",
     )
 
     # --- storage ---------------------------------------------------------------
@@ -205,7 +228,11 @@ class Settings(BaseSettings):
     # --- abuse controls --------------------------------------------------------
     RATE_LIMIT_GLOBAL: str = Field("100/minute", description="Per client IP, all routes.")
     RATE_LIMIT_RELAY: str = Field("20/minute", description="Per relay token, relay routes.")
-    RATE_LIMIT_REGISTER: str = Field("10/hour", description="Per client IP, POST /users.")
+    RATE_LIMIT_REGISTER: str = Field(
+        "10/hour",
+        description="Per client IP, POST /users. Left unset on a relay that listens on "
+        f"loopback only, it is {LOOPBACK_REGISTER_LIMIT} so trying it out cannot lock you out.",
+    )
     TRUSTED_PROXIES: str = Field(
         "", description="Hop count or comma list of CIDRs whose X-Forwarded-For is believed."
     )
@@ -357,6 +384,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cidr!r} is neither a hop count nor a CIDR") from None
         return v
 
+    @field_validator("PUBLIC_URL")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        url = v.strip().rstrip("/")
+        m = _PUBLIC_URL.fullmatch(url)
+        if m is None or not HOST_PORT.fullmatch(m["host"]):
+            raise ValueError(
+                f"{v!r} is not a base URL such as https://relay.example.com or "
+                "https://example.com/relay (http or https, a host, an optional port and path; "
+                "no query, fragment, user name or spaces)"
+            )
+        return url
+
     @field_validator("DATABASE_URL")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:
@@ -420,6 +462,25 @@ class Settings(BaseSettings):
     def rate(self, name: str) -> RateLimitItem:
         return parse(getattr(self, name))
 
+    @property
+    def log_as_text(self) -> bool:
+        if self.LOG_FORMAT == "auto":
+            return sys.stdout.isatty()  # the log goes to stdout
+        return self.LOG_FORMAT == "text"
+
+    @property
+    def listens_on_loopback_only(self) -> bool:
+        return is_loopback_host(self.HOST)
+
+    @property
+    def register_limit(self) -> str:
+        """RATE_LIMIT_REGISTER as it applies: a developer trying the relay on their own
+        machine registers often (walk-through, demo, client.js), and only their own
+        processes can reach a loopback-only relay, so the unset default is relaxed there."""
+        if "RATE_LIMIT_REGISTER" in self.model_fields_set or not self.listens_on_loopback_only:
+            return self.RATE_LIMIT_REGISTER
+        return LOOPBACK_REGISTER_LIMIT
+
 
 def _split_host_port(server: str) -> tuple[str, int | None]:
     if server.startswith("["):
@@ -470,7 +531,7 @@ def load_settings(env_file: str | None = ENV_FILE, **overrides: Any) -> Settings
         err = exc.errors()[0]
         var = ".".join(str(p) for p in err["loc"]) or "configuration"
         if err["type"] == "missing":
-            msg = "is required but not set (run `byok-relay init` to write a .env)"
+            msg = "is required but " + _where_env_was_looked_for(env_file)
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{var}: {msg}") from None
@@ -489,12 +550,51 @@ def load_settings(env_file: str | None = ENV_FILE, **overrides: Any) -> Settings
         except IdentityConfigError as exc:
             raise ConfigError(str(exc)) from None
     _check_custody(settings)
+    _check_extras(settings)
     if settings.JWT_ONLY and settings.JWT_ISSUERS_FILE is None:
         raise ConfigError(
             "JWT_ONLY: needs JWT_ISSUERS_FILE (with JWT_ONLY=true and no identity provider, "
             "nobody could ever sign in)"
         )
     return settings
+
+
+# (setting, module it needs, the extra that installs it, what for)
+_EXTRAS = (
+    ("DATABASE_URL", "asyncpg", "postgres", "PostgreSQL"),
+    ("REDIS_URL", "redis", "redis", "Redis"),
+    ("PKCS11_MODULE", "pkcs11", "pkcs11", "an HSM over PKCS#11"),
+)
+
+
+def _check_extras(settings: Settings) -> None:
+    """A setting that needs an optional package which is not installed: one line naming
+    the extra, before anything starts (SPEC §7), instead of an ImportError traceback."""
+    needed = {
+        "DATABASE_URL": settings.database_url.startswith(("postgresql://", "postgres://")),
+        "REDIS_URL": bool(settings.REDIS_URL),
+        "PKCS11_MODULE": settings.PKCS11_MODULE is not None,
+    }
+    for name, module, extra, what in _EXTRAS:
+        if not needed[name]:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(
+                f"{name}: {what} needs the {extra} extra, which is not installed: "
+                f"pip install 'byok-relay[{extra}]'"
+            ) from None
+
+
+def _where_env_was_looked_for(env_file: str | None) -> str:
+    """Run from another directory, a relay misses its .env: say which file it read."""
+    if not env_file:
+        return "not set in the environment"
+    path = Path(env_file).resolve()
+    if path.is_file():
+        return f"set neither in the environment nor in {path}"
+    return f"not set in the environment, and there is no {path} (run `byok-relay init` there)"
 
 
 def _check_custody(settings: Settings) -> None:

@@ -1,4 +1,7 @@
-"""Structured JSON logs: one line per event, never a key, a token or a body."""
+"""Logs: one line per event, never a key, a token or a body.
+
+JSON for services (LOG_FORMAT=json), or short text lines for a person at a terminal
+(LOG_FORMAT=text, the default when the log goes to one): the same events and fields."""
 
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ access_logger = logging.getLogger("byok_relay.access")
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(self.entry(record)).decode()
+
+    def entry(self, record: logging.LogRecord) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -34,15 +40,38 @@ class JsonFormatter(logging.Formatter):
                 tb = tb.tb_next
             if tb is not None:
                 entry["error_at"] = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
-        return orjson.dumps(entry).decode()
+        return entry
 
 
-def configure_logging(level: str = "info", loggers: dict[str, str] | None = None) -> None:
+class TextFormatter(JsonFormatter):
+    """`01:02:03 warning  message  key=value …`: the JSON entry, laid out for reading."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return text_line(self.entry(record))
+
+
+def text_line(entry: dict[str, Any]) -> str:
+    stamp = str(entry.pop("ts", ""))[11:19]
+    level = entry.pop("level", "info")
+    msg = entry.pop("msg", "")
+    if msg == "request":  # the access line: what a developer scans for
+        msg = f"{entry.pop('method', '')} {entry.pop('route', '')} {entry.pop('status', '')}"
+        latency = entry.pop("latency_ms", None)
+        if latency is not None:
+            msg += f" {latency} ms"
+    extra = " ".join(f"{k}={v}" for k, v in entry.items() if v is not None)
+    head = f"{stamp} {level:<7} {msg}"
+    return f"{head}  {extra}" if extra else head
+
+
+def configure_logging(
+    level: str = "info", loggers: dict[str, str] | None = None, text: bool = False
+) -> None:
     """LOG_LEVEL sets the relay's own loggers. Every other library logs warnings only,
     unless LOG_LEVELS names it: at debug, database drivers log each statement with its
     parameters (ciphertexts, token hashes), which must never appear by accident."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TextFormatter() if text else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -61,8 +90,9 @@ class AccessLog:
     """One JSON line per request, off the logging machinery: serialised with orjson and
     written once per event-loop tick (a burst of requests costs one write syscall)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, text: bool = False) -> None:
         self.enabled = enabled
+        self.text = text
         self._lines: list[bytes] = []
         self._scheduled = False
         self._second = -1
@@ -80,7 +110,10 @@ class AccessLog:
         if not self.enabled:
             return
         entry = {"ts": self._timestamp(), "level": "info", "msg": "request", **fields}
-        self._lines.append(orjson.dumps(entry) + b"\n")
+        if self.text:
+            self._lines.append(text_line(entry).encode() + b"\n")
+        else:
+            self._lines.append(orjson.dumps(entry) + b"\n")
         if not self._scheduled:
             self._scheduled = True
             try:

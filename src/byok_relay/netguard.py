@@ -276,8 +276,31 @@ _DEFAULT_PORT: Final = {"http": 80, "https": 443}
 _MSG_PREFIX: Final = "Upstream base URL"
 
 
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address (`127.0.0.1`, `::1`, `[::1]`)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _refuse(detail: str) -> ForbiddenUpstream:
     return ForbiddenUpstream(f"{_MSG_PREFIX} {detail}.")
+
+
+# Said only where that setting would admit the URL (a local model server, a LAN host).
+_PRIVATE_HINT: Final = (
+    " A local or private upstream (such as Ollama on http://localhost:11434/v1) needs "
+    "the relay's operator to set ALLOW_PRIVATE_UPSTREAMS=true."
+)
+
+
+def _host_refused(raw_host: str, reason: str, fixable: bool) -> ForbiddenUpstream:
+    hint = _PRIVATE_HINT if fixable else ""
+    return ForbiddenUpstream(f"Upstream host {_show(raw_host)} is not allowed: {reason}.{hint}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +396,8 @@ def _parse_host(raw_host: str, *, allow_private: bool) -> str:
             raise _refuse("has a malformed IPv6 address") from None
         reason = forbidden_ip_reason(v6, allow_private=allow_private)
         if reason:
-            raise ForbiddenUpstream(f"Upstream host {_show(raw_host)} is not allowed: {reason}.")
+            fixable = not allow_private and not forbidden_ip_reason(v6, allow_private=True)
+            raise _host_refused(raw_host, reason, fixable)
         return v6.compressed
 
     name = raw_host.lower()
@@ -390,13 +414,16 @@ def _parse_host(raw_host: str, *, allow_private: bool) -> str:
         raise _refuse(f"has an invalid host name {_show(raw_host)}")
     reason = _name_reason(name, allow_private=allow_private)
     if reason:
-        raise ForbiddenUpstream(f"Upstream host {_show(raw_host)} is not allowed: {reason}.")
+        fixable = not allow_private and not _name_reason(name, allow_private=True)
+        raise _host_refused(raw_host, reason, fixable)
     if _CANONICAL_V4.fullmatch(name):
         # IP literal: aiohttp connects without calling the resolver, so this is the
         # only check it gets.
-        reason = forbidden_ip_reason(ipaddress.IPv4Address(name), allow_private=allow_private)
+        v4 = ipaddress.IPv4Address(name)
+        reason = forbidden_ip_reason(v4, allow_private=allow_private)
         if reason:
-            raise ForbiddenUpstream(f"Upstream host {_show(raw_host)} is not allowed: {reason}.")
+            fixable = not allow_private and not forbidden_ip_reason(v4, allow_private=True)
+            raise _host_refused(raw_host, reason, fixable)
     return name
 
 
@@ -417,6 +444,8 @@ def parse_base_url(raw: str, *, allow_private: bool) -> BaseURL:
         raise _refuse("must not contain a query string or fragment")
     scheme = m["scheme"].lower()
     if scheme not in _DEFAULT_PORT or (scheme == "http" and not allow_private):
+        if scheme == "http":  # then allow_private is off
+            raise ForbiddenUpstream(f"{_MSG_PREFIX} must use https.{_PRIVATE_HINT}")
         raise _refuse("must use http or https" if allow_private else "must use https")
     authority = m["authority"]
     if "@" in authority:

@@ -16,7 +16,7 @@ import time
 from functools import lru_cache
 
 from aiohttp import web
-from limits import RateLimitItem
+from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 
@@ -30,6 +30,12 @@ _MESSAGES = {
     "relay": "AI request rate limit exceeded for this user's relay tokens",
     "register": "Too many registrations from this address",
 }
+# Named in every 429, so whoever runs the relay knows which setting to change.
+_SETTINGS = {
+    "global": "RATE_LIMIT_GLOBAL",
+    "relay": "RATE_LIMIT_RELAY",
+    "register": "RATE_LIMIT_REGISTER",
+}
 _WARN_EVERY_S = 30.0
 RETRY_SHARED_S = 2.0
 
@@ -39,7 +45,7 @@ class RateLimiter:
         self.items: dict[str, RateLimitItem] = {
             "global": settings.rate("RATE_LIMIT_GLOBAL"),
             "relay": settings.rate("RATE_LIMIT_RELAY"),
-            "register": settings.rate("RATE_LIMIT_REGISTER"),
+            "register": parse(settings.register_limit),
         }
         self._local = FixedWindowRateLimiter(MemoryStorage())
         self._shared: FixedWindowRateLimiter | None = None
@@ -85,8 +91,8 @@ class RateLimiter:
             reset_in = item.get_expiry()
         raise ApiError(
             429,
-            f"{_MESSAGES[kind]} ({item.amount} per {item.multiples} {item.GRANULARITY.name}); "
-            f"retry in {reset_in} s.",
+            f"{_MESSAGES[kind]} ({item.amount} per {_window(item)}); retry in {reset_in} s. "
+            f"The relay's operator sets this limit with {_SETTINGS[kind]}.",
             headers={
                 "Retry-After": str(reset_in),
                 "RateLimit-Limit": str(item.amount),
@@ -104,6 +110,11 @@ class RateLimiter:
                 logging.WARNING,
                 error_type=type(exc).__name__,
             )
+
+
+def _window(item: RateLimitItem) -> str:
+    unit = item.GRANULARITY.name.lower()
+    return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
 
 
 def _limits_url(url: str) -> str:
@@ -168,6 +179,21 @@ class ClientAddress:
         except ValueError:
             return False
         return any(ip in net for net in self._networks)
+
+    def forwarded(self, request: web.Request, name: str) -> str | None:
+        """The value our own proxy gave header `name` (X-Forwarded-Proto / -Host), or None
+        when TRUSTED_PROXIES says no proxy sets it: a hop count takes the value that many
+        entries from the right (as the proxies appended it); CIDRs, the last value, only
+        from a peer inside them."""
+        if not self._hops and not self._networks:
+            return None
+        values = [v.strip() for line in request.headers.getall(name, ()) for v in line.split(",")]
+        values = [v for v in values if v]
+        if not values:
+            return None
+        if self._hops:
+            return values[-self._hops] if len(values) >= self._hops else None
+        return values[-1] if self._trusted(request.remote or "") else None
 
     def __call__(self, request: web.Request) -> str:
         peer = request.remote or "unknown"

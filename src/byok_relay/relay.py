@@ -81,6 +81,19 @@ _STREAM_ERROR_EVENT = (
     b'event: error\ndata: {"error":{"type":"relay_error",'
     b'"message":"The connection to the provider was lost mid-stream."}}\n\n'
 )
+_API_VERSIONS = ("/v1", "/v1beta")
+
+
+def _missing_version_hint(provider: Provider, method: str, path: str) -> str:
+    """An SDK base URL without its version segment (…/relay/openai instead of
+    …/relay/openai/v1) sends /chat/completions: say what was meant."""
+    for version in _API_VERSIONS:
+        if provider.matcher.match(method, version + path) is not None:
+            return (
+                f' Did you mean "{version}{path}"? The base URL your client was given may '
+                f"be missing its version (OpenAI SDKs: …/relay/{provider.name}/v1)."
+            )
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +224,7 @@ class Relay:
     def _provider(self, name: str) -> Provider:
         provider = self.registry.get(name)
         if provider is None:
-            raise ApiError(400, f'Unsupported provider "{name}". Supported: {self.supported}.')
+            raise ApiError(400, self.registry.unknown(name))
         return provider
 
     def _allowed_path(self, provider: Provider, method: str, raw: str) -> tuple[str, str | None]:
@@ -226,7 +239,8 @@ class Relay:
             raise ApiError(
                 403,
                 f'Path "{path}" ({method}) is not permitted for provider '
-                f'"{provider.name}": only inference and model-listing endpoints are relayed.',
+                f'"{provider.name}": only inference and model-listing endpoints are relayed.'
+                + _missing_version_hint(provider, method, path),
             )
         return path, match.model
 
@@ -298,6 +312,7 @@ class Relay:
                 400,
                 f'No API key stored for provider "{provider.name}". '
                 f"POST /keys/{provider.name} first.",
+                extra={"code": "no_key", "provider": provider.name},
             )
         header_base = request.headers.get("x-relay-base-url")
         if (

@@ -121,7 +121,10 @@ class Services:
             await self._open_storage()
         except StorageUnavailable as exc:
             if self.storage.dialect == "sqlite":
-                raise  # a file that cannot be opened is a configuration error: stop
+                # A file that cannot be opened is a configuration error: stop, closing
+                # the upstream sessions first (no "Unclosed client session" at exit).
+                await self.upstream.close()
+                raise
             # A networked database may come back: serve (503 on the routes that need it)
             # and keep trying, instead of exiting.
             log_event(

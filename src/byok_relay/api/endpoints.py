@@ -37,6 +37,9 @@ class Endpoint:
     limited: bool = True
     errors: tuple[int, ...] = ()
     description: str = ""
+    # Checks the path's own parameters before the body is read and checked: a caller
+    # with a typo in the URL hears about that, not about a field of the body.
+    check_path: Callable[[web.Request, Services], object] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,12 +57,13 @@ def endpoint(
     tag: str = "management",
     limited: bool = True,
     errors: tuple[int, ...] = (),
+    check_path: Callable[[web.Request, Services], object] | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         ENDPOINTS.append(
             Endpoint(
                 method, path, fn, summary, auth, body, response, tag, limited, errors,
-                (fn.__doc__ or "").strip(),
+                (fn.__doc__ or "").strip(), check_path,
             )
         )  # fmt: skip
         return fn
@@ -152,6 +156,8 @@ def make_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRe
             kwargs["principal"] = principal
         elif ep.auth in ("app_secret", "app_secret_required"):
             require_app_secret(request, svc, required=ep.auth == "app_secret_required")
+        if ep.check_path is not None:
+            ep.check_path(request, svc)
         if ep.body is not None:
             kwargs["body"] = await parse_body(request, ep.body)
         result = await ep.handler(request, svc, **kwargs)

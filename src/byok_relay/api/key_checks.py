@@ -54,6 +54,7 @@ async def verify_key(
     response=RotateKeyResponse,
     tag="keys",
     errors=(400, 401, 422, 502),
+    check_path=provider_from_path,
 )
 async def rotate_key(
     request: web.Request, svc: Services, principal: Principal, body: RotateKeyRequest

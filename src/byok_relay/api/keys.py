@@ -23,11 +23,7 @@ def provider_from_path(request: web.Request, svc: Services) -> Provider:
     name = request.match_info["provider"]
     provider = svc.registry.get(name)
     if provider is None:
-        raise ApiError(
-            400,
-            f'Unsupported provider "{name}". Supported: {", ".join(svc.registry.names)}.',
-            extra={"supported": svc.registry.names},
-        )
+        raise ApiError(400, svc.registry.unknown(name), extra={"supported": svc.registry.names})
     return provider
 
 
@@ -39,6 +35,7 @@ def provider_from_path(request: web.Request, svc: Services) -> Provider:
     response=StoreKeyResponse,
     tag="keys",
     errors=(400, 401),
+    check_path=provider_from_path,  # "opnai" is the first thing to hear about
 )
 async def store_key(
     request: web.Request, svc: Services, principal: Principal, body: StoreKeyRequest

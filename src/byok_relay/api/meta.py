@@ -8,8 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from byok_relay import __version__
+from byok_relay.api import assets
 from byok_relay.api.endpoints import bearer_matches, endpoint
-from byok_relay.api.openapi import build_openapi
+from byok_relay.api.openapi import UNDOCUMENTED_TAG, build_openapi
 from byok_relay.api.schemas import HealthResponse, VersionResponse
 from byok_relay.errors import ApiError, json_response
 from byok_relay.services import Services
@@ -93,9 +94,25 @@ async def openapi(request: web.Request, svc: Services) -> web.Response:
     return json_response(build_openapi())
 
 
+@endpoint("GET", "/", summary="Landing page: name, version, links to the demo, docs, skill "
+          "and health", auth="none", tag="meta")  # fmt: skip
+async def landing(request: web.Request, svc: Services) -> web.Response:
+    """A small HTML page with no script and nothing from another host. Any other unknown
+    path still answers the JSON 404."""
+    return assets.landing_response()
+
+
 @endpoint("GET", "/docs", summary="Human-readable API documentation", auth="none", tag="meta")
 async def docs(request: web.Request, svc: Services) -> web.Response:
-    return _static("docs.html", "text/html")
+    """This document rendered by Swagger UI, which ships inside the package: the page
+    loads nothing from another host (its Content-Security-Policy says so too)."""
+    return assets.docs_response()
+
+
+@endpoint("GET", "/docs/assets/{name}", summary="The docs viewer's files", auth="none",
+          tag=UNDOCUMENTED_TAG)  # fmt: skip
+async def docs_asset(request: web.Request, svc: Services) -> web.Response:
+    return await assets.asset_response(request, request.match_info["name"])
 
 
 def _static(name: str, content_type: str) -> web.Response:

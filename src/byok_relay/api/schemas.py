@@ -27,6 +27,7 @@ def _is_control(c: str) -> bool:
 class RegisterRequest(_Body):
     app_id: StrictStr = Field(
         description="Your application's id (non-empty, at most 128 characters).",
+        examples=["my-app"],
         json_schema_extra={"minLength": 1, "maxLength": APP_ID_MAX},
     )
 
@@ -42,8 +43,13 @@ class RegisterRequest(_Body):
 
 
 class TokenResponse(BaseModel):
-    token: str = Field(description="The relay token; keep it like a password.")
-    expires_at: int | None = Field(description="Expiry in ms since the epoch, or null.")
+    token: str = Field(
+        description="The relay token; keep it like a password.",
+        examples=["byok_rt_EXAMPLE-not-a-real-token-000000000000"],
+    )
+    expires_at: int | None = Field(
+        description="Expiry in ms since the epoch, or null.", examples=[1767225600000]
+    )
 
 
 def _check_key(v: str) -> str:
@@ -56,73 +62,92 @@ def _check_key(v: str) -> str:
 
 class StoreKeyRequest(_Body):
     key: StrictStr = Field(
-        description="The provider API key (10 to 4096 characters).", json_schema_extra=_KEY_SCHEMA
+        description="The provider API key (10 to 4096 characters).",
+        examples=["sk-proj-your-own-openai-key"],
+        json_schema_extra=_KEY_SCHEMA,
     )
     base_url: StrictStr | None = Field(
-        None, description="Upstream base URL, only for providers that take one."
+        None,
+        description="Upstream base URL, only for providers that take one.",
+        examples=["https://llm.example.com/v1"],
     )
 
     _key = field_validator("key")(classmethod(lambda cls, v: _check_key(v)))
 
 
 class RotateKeyRequest(_Body):
-    key: StrictStr = Field(description="The new provider API key.", json_schema_extra=_KEY_SCHEMA)
+    key: StrictStr = Field(
+        description="The new provider API key.",
+        examples=["sk-proj-your-new-openai-key"],
+        json_schema_extra=_KEY_SCHEMA,
+    )
 
     _key = field_validator("key")(classmethod(lambda cls, v: _check_key(v)))
 
 
+# Times in examples: ms since the epoch (2026-01-01T00:00:00Z and a little later).
+_T0, _T1 = 1767225600000, 1767229200000
+
+
 class OkResponse(BaseModel):
-    ok: bool
+    ok: bool = Field(examples=[True])
 
 
 class StoreKeyResponse(OkResponse):
-    provider: str
+    provider: str = Field(examples=["openai"])
 
 
 class DeleteResponse(OkResponse):
-    deleted: bool
+    deleted: bool = Field(examples=[True])
 
 
 class KeyEntry(BaseModel):
-    provider: str
-    hint: str = Field(description="Last 4 characters of the key.")
-    base_url: str | None = None
-    created_at: int
-    updated_at: int
-    last_used_at: int | None
+    provider: str = Field(examples=["openai"])
+    hint: str = Field(description="Last 4 characters of the key.", examples=["x9Qa"])
+    base_url: str | None = Field(None, examples=[None])
+    created_at: int = Field(examples=[_T0])
+    updated_at: int = Field(examples=[_T0])
+    last_used_at: int | None = Field(examples=[_T1])
 
 
 class KeyListResponse(BaseModel):
-    providers: list[str]
+    providers: list[str] = Field(examples=[["anthropic", "openai"]])
     keys: list[KeyEntry]
 
 
 class ErrorResponse(BaseModel):
-    error: str
+    error: str = Field(
+        description="What went wrong and what to do about it, in one sentence.",
+        examples=["Missing relay token: send it in the x-relay-token header."],
+    )
 
 
 class HealthResponse(BaseModel):
-    ok: bool
-    version: str
-    providers: list[str]
-    checks: dict[str, str] | None = None
+    ok: bool = Field(examples=[True])
+    version: str = Field(examples=["0.1.0"])
+    providers: list[str] = Field(examples=[["anthropic", "google", "openai"]])
+    checks: dict[str, str] | None = Field(
+        None,
+        description="Only with ?deep=1.",
+        examples=[{"database": "ok", "rate_limits": "memory", "key_custody": "local ok"}],
+    )
 
 
 class VersionResponse(BaseModel):
-    version: str
-    commit: str
-    build_time: str
+    version: str = Field(examples=["0.1.0"])
+    commit: str = Field(examples=["26ad6b4"])
+    build_time: str = Field(examples=["2026-01-01T00:00:00Z"])
 
 
 class VerifyKeyResponse(BaseModel):
-    ok: bool = Field(description="True when the provider accepted the stored key.")
-    status: int = Field(description="The provider's HTTP status for the check.")
+    ok: bool = Field(description="True when the provider accepted the stored key.", examples=[True])
+    status: int = Field(description="The provider's HTTP status for the check.", examples=[200])
 
 
 class RotateKeyResponse(BaseModel):
-    ok: bool
-    provider: str
-    rotated: bool
+    ok: bool = Field(examples=[True])
+    provider: str = Field(examples=["openai"])
+    rotated: bool = Field(examples=[True])
 
 
 # --- spend control (SPEC §9) ---------------------------------------------------------
@@ -167,25 +192,41 @@ def _check_origin(origin: str) -> str:
 
 
 class TokenBudget(_StrictBody):
-    requests: StrictInt | None = Field(None, ge=0, description="Relayed requests, ever.")
-    tokens: StrictInt | None = Field(None, ge=0, description="Input + output tokens, ever.")
+    requests: StrictInt | None = Field(
+        None, ge=0, description="Relayed requests, ever.", examples=[50]
+    )
+    tokens: StrictInt | None = Field(
+        None, ge=0, description="Input + output tokens, ever.", examples=[100000]
+    )
 
 
 class ScopedTokenRequest(_StrictBody):
-    label: StrictStr | None = Field(None, description="Your name for it (at most 128 chars).")
-    providers: list[StrictStr] | None = Field(None, description="Provider names it may use.")
+    label: StrictStr | None = Field(
+        None, description="Your name for it (at most 128 chars).", examples=["checkout page"]
+    )
+    providers: list[StrictStr] | None = Field(
+        None, description="Provider names it may use.", examples=[["openai"]]
+    )
     models: list[StrictStr] | None = Field(
-        None, description='Model globs it may use ("gpt-4o*"), matched case-insensitively.'
+        None,
+        description='Model globs it may use ("gpt-4o*"), matched case-insensitively.',
+        examples=[["gpt-4o*"]],
     )
     origins: list[StrictStr] | None = Field(
         None, description='Exact origins ("https://app.example"); a request without Origin '
-        "is refused."
+        "is refused.", examples=[["https://app.example"]],
     )  # fmt: skip
     ips: list[StrictStr] | None = Field(
-        None, description='CIDRs the client address must fall in ("203.0.113.0/24").'
+        None,
+        description='CIDRs the client address must fall in ("203.0.113.0/24").',
+        examples=[["203.0.113.0/24"]],
     )
-    ttl_s: StrictInt = Field(3600, description="Lifetime in seconds (SCOPED_TOKEN_MAX_TTL_S).")
-    budget: TokenBudget | None = Field(None, description="Caps over the token's whole life.")
+    ttl_s: StrictInt = Field(
+        3600, description="Lifetime in seconds (SCOPED_TOKEN_MAX_TTL_S).", examples=[900]
+    )
+    budget: TokenBudget | None = Field(
+        None, description="Caps over the token's whole life.", examples=[{"requests": 50}]
+    )
 
     @field_validator("label")
     @classmethod
@@ -228,27 +269,41 @@ class ScopedTokenRequest(_StrictBody):
         return out
 
 
+_SCOPE_EXAMPLE = {
+    "providers": ["openai"],
+    "models": ["gpt-4o*"],
+    "origins": ["https://app.example"],
+    "budget": {"requests": 50},
+}
+
+
 class ScopedTokenUsage(BaseModel):
-    requests: int
-    input_tokens: int
-    output_tokens: int
+    requests: int = Field(examples=[3])
+    input_tokens: int = Field(examples=[412])
+    output_tokens: int = Field(examples=[1290])
 
 
 class ScopedTokenResponse(BaseModel):
-    token: str = Field(description="The scoped token (byok_st_…); shown only once.")
-    id: str
-    label: str | None
-    scope: dict[str, Any]
-    expires_at: int
+    token: str = Field(
+        description="The scoped token (byok_st_…); shown only once.",
+        examples=["byok_st_EXAMPLE-not-a-real-token-000000000000"],
+    )
+    id: str = Field(examples=["st_f6f80479fbfa4044ada7"])
+    label: str | None = Field(examples=["checkout page"])
+    scope: dict[str, Any] = Field(
+        description="The restrictions, as minted (absent kinds are unrestricted).",
+        examples=[_SCOPE_EXAMPLE],
+    )
+    expires_at: int = Field(examples=[_T1])
 
 
 class ScopedTokenEntry(BaseModel):
-    id: str
-    label: str | None
-    scope: dict[str, Any]
-    created_at: int
-    expires_at: int
-    last_used_at: int | None
+    id: str = Field(examples=["st_f6f80479fbfa4044ada7"])
+    label: str | None = Field(examples=["checkout page"])
+    scope: dict[str, Any] = Field(examples=[_SCOPE_EXAMPLE])
+    created_at: int = Field(examples=[_T0])
+    expires_at: int = Field(examples=[_T1])
+    last_used_at: int | None = Field(examples=[_T0 + 60000])
     usage: ScopedTokenUsage
 
 
@@ -257,18 +312,40 @@ class ScopedTokenList(BaseModel):
 
 
 class BudgetCaps(_StrictBody):
-    requests: StrictInt | None = Field(None, ge=0, description="Requests in the window.")
-    tokens: StrictInt | None = Field(None, ge=0, description="Input + output tokens.")
+    requests: StrictInt | None = Field(
+        None, ge=0, description="Requests in the window.", examples=[500]
+    )
+    tokens: StrictInt | None = Field(
+        None, ge=0, description="Input + output tokens.", examples=[100000]
+    )
 
 
 class BudgetRequest(_StrictBody):
-    window: Literal["hour", "day", "month"] = Field(description="UTC calendar period.")
-    requests: StrictInt | None = Field(None, ge=0, description="Relayed requests per window.")
-    tokens: StrictInt | None = Field(None, ge=0, description="Input + output tokens per window.")
+    window: Literal["hour", "day", "month"] = Field(
+        description="UTC calendar period.", examples=["day"]
+    )
+    requests: StrictInt | None = Field(
+        None, ge=0, description="Relayed requests per window.", examples=[1000]
+    )
+    tokens: StrictInt | None = Field(
+        None, ge=0, description="Input + output tokens per window.", examples=[200000]
+    )
     providers: dict[str, BudgetCaps] | None = Field(
-        None, description="Caps per provider inside the same window."
+        None,
+        description="Caps per provider inside the same window.",
+        examples=[{"openai": {"tokens": 100000}}],
     )
 
 
 class BudgetResponse(BaseModel):
-    budget: dict[str, Any]
+    budget: dict[str, Any] = Field(
+        description="The budget as stored.",
+        examples=[
+            {
+                "window": "day",
+                "requests": 1000,
+                "tokens": 200000,
+                "providers": {"openai": {"tokens": 100000}},
+            }
+        ],
+    )

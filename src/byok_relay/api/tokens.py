@@ -24,8 +24,7 @@ def check_providers(svc: Services, names: list[str] | None, field: str) -> None:
         if svc.registry.get(name) is None:
             raise ApiError(
                 400,
-                f'{field}: unsupported provider "{name}". Supported: '
-                f"{', '.join(svc.registry.names)}.",
+                f"{field}: {svc.registry.unknown(name, capital=False)}",
                 extra={"supported": svc.registry.names},
             )
 

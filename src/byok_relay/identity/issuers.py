@@ -10,7 +10,6 @@ an HMAC secret (the "HS/RS key confusion" attack).
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from byok_relay.netguard import ForbiddenUpstream, parse_base_url
+from byok_relay.netguard import ForbiddenUpstream, is_loopback_host, parse_base_url
 
 #: JOSE algorithm → the JWK key type that can verify it.
 ASYMMETRIC_ALGORITHMS = {
@@ -179,18 +178,9 @@ def _jwks_url(raw: str, allow_private: bool) -> str:
         hint = " (http and private hosts need ALLOW_PRIVATE_UPSTREAMS=true)"
         reason = str(exc).replace("Upstream base URL ", "the URL ").replace("Upstream ", "")
         raise IdentityConfigError(f"jwks_url: {reason}{'' if allow_private else hint}") from None
-    if checked.scheme == "http" and not _is_loopback(checked.host):
+    if checked.scheme == "http" and not is_loopback_host(checked.host):
         raise IdentityConfigError("jwks_url: must use https (http only to a loopback host)")
     return checked.origin + checked.path_prefix
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def describe(issuer: Issuer) -> dict[str, Any]:

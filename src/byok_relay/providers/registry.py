@@ -5,6 +5,7 @@ Everything here is computed once at start; the hot path only reads `Provider` fi
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, replace
@@ -67,6 +68,14 @@ class ProviderRegistry:
 
     def get(self, name: str) -> Provider | None:
         return self._providers.get(name)
+
+    def unknown(self, name: str, *, capital: bool = True) -> str:
+        """What to tell a caller who named no provider of ours: a typo's likely meaning
+        first, then the whole list."""
+        close = difflib.get_close_matches(name.lower(), self.names, n=1, cutoff=0.6)
+        hint = f' Did you mean "{close[0]}"?' if close else ""
+        first = "Unsupported" if capital else "unsupported"
+        return f'{first} provider "{name[:64]}".{hint} Supported: {", ".join(self.names)}.'
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._providers.values())

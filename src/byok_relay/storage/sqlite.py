@@ -8,6 +8,8 @@ from different coroutines must not interleave inside one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -76,12 +78,17 @@ class SqliteStorage(SQLStorage):
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm
+                # files the database file's mode, and they hold the same ciphertexts.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             self._writer = await self._open()
             self._reader = self._writer if self.path == ":memory:" else await self._open()
         except (sqlite3.Error, OSError) as exc:
             raise StorageUnavailable(f"cannot open SQLite database: {exc}") from None
         if self.path != ":memory:":
-            Path(self.path).chmod(0o600)
+            for suffix in ("", "-wal", "-shm"):  # a database made by an older version too
+                with contextlib.suppress(FileNotFoundError):
+                    Path(self.path + suffix).chmod(0o600)
 
     async def close(self) -> None:
         for conn in {id(c): c for c in (self._reader, self._writer) if c}.values():
