@@ -596,6 +596,7 @@ def phase_json(b: Bench, json_port: int) -> None:
         b.stop(relay)
     floor = measure_floor(b, json_port, token)
     custody = measure_custody(b, json_port)
+    workers = measure_workers(b, json_port)
     b.results["json"] = {
         "direct_c64": direct64,
         "relay_c64": relay64,
@@ -608,6 +609,7 @@ def phase_json(b: Bench, json_port: int) -> None:
         "jwt": jwt_runs,
         "jwt_verify_us": measure_jwt_verify(b),
         "custody": custody,
+        "workers": workers,
     }
 
 
@@ -618,6 +620,38 @@ def measure_spend_control(
     an owner budget (window + per-provider caps) relaying through a scoped token bound to
     provider, models, origin, client address and a lifetime budget; against the plain
     user (no budget, relay token) on the same relay process."""
+    scoped = every_feature_token(b, port)
+    b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [scoped])
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for i in range(2):  # interleaved, so drift within the run hits both sides alike
+        log(f"spend control, round {i + 1}/2: plain user, then scoped token + budgets")
+        runs["off"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [token]))
+        runs["on"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [scoped]))
+    return runs
+
+
+def measure_workers(b: Bench, json_port: int) -> dict[str, dict[str, Any]]:
+    """Throughput with `serve --workers 1` and `--workers 2` (SO_REUSEPORT), each on a
+    fresh SQLite file: how far one more process takes the same machine."""
+    out: dict[str, dict[str, Any]] = {}
+    for n in (1, 2):
+        relay, port = b.start_relay(
+            f"workers{n}", json_port, f"sqlite:///{b.work}/workers{n}.db", extra={"WORKERS": str(n)}
+        )
+        try:
+            token = b.setup_user(port)
+            b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [token])
+            log(f"--workers {n}: 64 connections, {b.args.duration}s")
+            out[str(n)] = b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [token])
+        finally:
+            b.stop(relay)
+    return out
+
+
+def every_feature_token(b: Bench, port: int) -> str:
+    """A new user with an owner budget (window + per-provider caps) and a scoped token of
+    theirs bound to provider, models, origin, client address and a lifetime budget: every
+    admission check runs on each request it sends."""
     owner = b.setup_user(port)
     base = f"http://127.0.0.1:{port}"
     big = 10**12  # caps that are never reached: the checks run, nothing is refused
@@ -637,14 +671,57 @@ def measure_spend_control(
     )  # fmt: skip
     if status != 201:
         raise RuntimeError(f"POST /tokens → {status} {body}")
-    scoped = body["token"]
-    b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [scoped])
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for i in range(2):  # interleaved, so drift within the run hits both sides alike
-        log(f"spend control, round {i + 1}/2: plain user, then scoped token + budgets")
-        runs["off"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [token]))
-        runs["on"].append(b.measured_wrk(relay, port, RELAY_CHAT, 64, b.args.duration, [scoped]))
-    return runs
+    return str(body["token"])
+
+
+def _per_request(res: dict[str, Any], which: Any) -> int:
+    spent = sum(v for k, v in res["relay_cpu_s_by_thread"].items() if which(k))
+    return round(spent * 1e6 / res["requests"]) if res["requests"] else 0
+
+
+def phase_soak(b: Bench, json_port: int) -> None:
+    """Flat over time (issue: performance round two): the JSON load at 64 connections
+    with every feature on, minute by minute, on one relay process and one SQLite file.
+    Each minute is 50 s on the relay and 10 s on the bare floor relay (running alongside):
+    the relay/floor CPU ratio is what drifts if the relay slows down as its request log
+    grows, while the VM's own speed changes cancel out (they move both)."""
+    minutes = b.args.soak_minutes
+    db = b.work / "soak.db"
+    relay, port = b.start_relay("soak", json_port, f"sqlite:///{db}")
+    floor_port = free_port()
+    per_minute: list[dict[str, Any]] = []
+    try:
+        scoped = every_feature_token(b, port)
+        cmd = [PY, str(BENCH / "minimal_relay.py"), "--port", str(floor_port),
+               "--upstream", f"http://127.0.0.1:{json_port}", "--token", scoped]  # fmt: skip
+        floor = b.spawn(cmd, "minimal-relay-soak.log")
+        wait_port(floor_port, floor)
+        b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [scoped])
+        b.wrk(floor_port, RELAY_CHAT, 64, b.args.warmup, [scoped])
+        for minute in range(1, minutes + 1):
+            res = b.measured_wrk(relay, port, RELAY_CHAT, 64, 50, [scoped])
+            ref = b.measured_wrk(floor, floor_port, RELAY_CHAT, 64, 10, [scoped])
+            cpu, floor_cpu = res["cpu_us_per_request"] or 0, ref["cpu_us_per_request"] or 0
+            row = {
+                "minute": minute,
+                "rps": round(res["rps"]),
+                "errors": res["errors"],
+                "cpu_us_per_request": round(cpu),
+                "floor_cpu_us_per_request": round(floor_cpu),
+                "vs_floor": round(cpu / floor_cpu, 3) if floor_cpu else None,
+                # the event loop vs the other threads (aiosqlite's writer and reader):
+                # whether a drift is the request log's inserts or the request path
+                "loop_us_per_request": _per_request(res, lambda t: t == "main"),
+                "threads_us_per_request": _per_request(res, lambda t: t != "main"),
+                "rss_mb": round(rss_bytes(relay.pid) / 1e6, 1),
+                "request_log_rows": _count_rows(db, "request_log"),
+                "db_mb": round(sum(f.stat().st_size for f in b.work.glob("soak.db*")) / 1e6, 1),
+            }
+            per_minute.append(row)
+            log("soak " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    finally:
+        b.stop(relay)
+    b.results["soak"] = {"minutes": per_minute}
 
 
 def measure_jwt_credential(
@@ -1363,6 +1440,29 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                     f"added <= {lim} ms",
                     rr - dd <= lim,
                 )
+    wk = (r.get("json") or {}).get("workers")
+    if wk and "1" in wk and "2" in wk:
+        one, two = wk["1"]["rps"], wk["2"]["rps"]
+        add("req/s @64, --workers 1 → 2", "-", f"{round(one)} → {round(two)}",
+            f"{two / one:.2f}x", "-", None)  # fmt: skip
+    soak = r.get("soak")
+    if soak and len(soak["minutes"]) >= 2:
+        first, last = soak["minutes"][0], soak["minutes"][-1]
+        add(f"soak: req/s minute 1 → {last['minute']} (every feature on)", first["rps"],
+            last["rps"], f"{(last['rps'] / first['rps'] - 1) * 100:+.1f} %", "-", None)  # fmt: skip
+        ratios = [m["vs_floor"] for m in soak["minutes"] if m["vs_floor"]]
+        if len(ratios) >= 2:
+            # first half against second half: one noisy minute does not decide it
+            half = len(ratios) // 2
+            early, late = statistics.mean(ratios[:half]), statistics.mean(ratios[-half:])
+            drift = late / early - 1
+            ok = abs(drift) <= 0.05
+            add("soak: relay/floor CPU ratio, first → second half", round(early, 2),
+                round(late, 2), f"{drift * 100:+.1f} %", "within 5 %", ok)  # fmt: skip
+        add("soak: relay RSS MB, first → last minute", first["rss_mb"], last["rss_mb"],
+            f"{last['rss_mb'] - first['rss_mb']:+.1f} MB", "-", None)  # fmt: skip
+        add("soak: request log rows at the end", "-", last["request_log_rows"],
+            f"{last['db_mb']} MB on disk", "-", None)  # fmt: skip
     return rows
 
 
@@ -1394,7 +1494,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="byok-relay benchmark (see bench/README.md)")
     p.add_argument("--quick", action="store_true", help="short run: 3 s per wrk, 1 SSE round")
     p.add_argument(
-        "--only", default="json,sse,idle,db,pg", help="comma list of phases: json,sse,idle,db,pg"
+        "--only",
+        default="json,sse,idle,db,pg",
+        help="comma list of phases: json,sse,idle,db,pg,soak (soak is not in the default)",
     )
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10; quick 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds (default 3; quick 1)")
@@ -1425,12 +1527,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also py-spy the relay under JSON load (after the measurements)",
     )
+    p.add_argument(
+        "--soak-minutes",
+        type=int,
+        help="minutes of the soak phase (default 10; quick 3); the phase runs when --only names it",
+    )
     p.add_argument("--python-mock", action="store_true", help="use the Python JSON mock, not nginx")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
     a = p.parse_args(argv)
     a.duration = a.duration or (3.0 if a.quick else 10.0)
     a.warmup = a.warmup or (1.0 if a.quick else 3.0)
     a.rounds = a.rounds or (1 if a.quick else 3)
+    a.soak_minutes = a.soak_minutes or (3 if a.quick else 10)
     a.streams = [int(x) for x in a.streams.split(",") if x]
     a.idle = [int(x) for x in a.idle.split(",") if x]
     a.db_users = [
@@ -1528,6 +1636,9 @@ def main(argv: list[str] | None = None) -> int:
         if "db" in args.only:
             load["db"] = os.getloadavg()
             phase_db(b, json_port)
+        if "soak" in args.only:
+            load["soak"] = os.getloadavg()
+            phase_soak(b, json_port)
         want_pg = args.postgres or (not args.no_postgres and reachable(5432) and reachable(6379))
         if "pg" in args.only and want_pg:
             load["pg"] = os.getloadavg()
