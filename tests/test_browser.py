@@ -565,6 +565,19 @@ async def test_demo_page(browser: Any, relay: Any, mocks: Any) -> None:
     await context.close()
 
 
+async def open_demo_registered(browser: Any, relay: Any) -> tuple[Any, list[str]]:
+    """A new browser context on /demo, registered: the page and its console errors."""
+    page = await (await browser.new_context()).new_page()
+    errors = _watch_console(page)
+    await page.goto(str(relay.url).rstrip("/") + "/demo")
+    await page.wait_for_selector("html[data-ready='1']", state="attached", timeout=15_000)
+    await page.click("#register")
+    await page.wait_for_function(
+        "() => document.getElementById('token-info').textContent.startsWith('Token ')"
+    )
+    return page, errors
+
+
 async def send_prompt(page: Any, prompt: str) -> str:
     """Send one prompt from the demo's chat form; "done", "stopped" or "error"."""
     await page.evaluate("() => { delete document.documentElement.dataset.lastOutcome }")
@@ -578,14 +591,7 @@ async def send_prompt(page: Any, prompt: str) -> str:
 
 async def test_demo_page_scoped_token(browser: Any, relay: Any, mocks: Any) -> None:
     """The demo mints a scoped token, chats with it and shows its remaining budget."""
-    page = await (await browser.new_context()).new_page()
-    errors = _watch_console(page)
-    await page.goto(str(relay.url).rstrip("/") + "/demo")
-    await page.wait_for_selector("html[data-ready='1']", state="attached", timeout=15_000)
-    await page.click("#register")
-    await page.wait_for_function(
-        "() => document.getElementById('token-info').textContent.startsWith('Token ')"
-    )
+    page, errors = await open_demo_registered(browser, relay)
     await page.fill("#key-value", "sk-fake-demo-scoped-5555")
     await page.click("#save-key")
     await page.wait_for_selector("#key-list li[data-provider='openai']")

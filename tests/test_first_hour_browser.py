@@ -6,23 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_browser import _watch_console, send_prompt
 from test_browser import browser as browser
 from test_browser import browser_required as browser_required
+from test_browser import open_demo_registered, send_prompt
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
 
 async def test_demo_first_visit(browser: Any, relay: Any, mocks: Any) -> None:
-    page = await (await browser.new_context()).new_page()
-    errors = _watch_console(page)
-    await page.goto(str(relay.url).rstrip("/") + "/demo")
-    await page.wait_for_selector("html[data-ready='1']", state="attached", timeout=15_000)
-    await page.click("#register")
-    await page.wait_for_function(
-        "() => document.getElementById('token-info').textContent.includes('expires')"
-    )
+    page, errors = await open_demo_registered(browser, relay)
     shown = await page.inner_text("#token-info")
+    assert "expires" in shown, shown
 
     # a reload keeps the token (client.js) and now also says when it expires
     await page.reload()

@@ -146,15 +146,21 @@ def landing_response() -> web.Response:
 
 
 @cache
+def static_bytes(name: str) -> bytes:
+    """A file of the package's static/ folder, read once per process (the package does
+    not change under a running relay)."""
+    return (_STATIC / name).read_bytes()
+
+
 def _docs_html() -> bytes:
-    return (_STATIC / "docs.html").read_bytes()
+    return static_bytes("docs.html")
 
 
 @cache
 def _landing() -> tuple[bytes, str]:
     """static/index.html with the version filled in, and a CSP that allows exactly its
     own inline <style> (by hash) and nothing else: the page has no script."""
-    text = (_STATIC / "index.html").read_text("utf-8")
+    text = static_bytes("index.html").decode("utf-8")
     text = text.replace("{{version}}", html.escape(__version__))
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode() + "'"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
 from typing import Any
 
 from aiohttp import web
@@ -14,8 +13,6 @@ from byok_relay.api.openapi import UNDOCUMENTED_TAG, build_openapi
 from byok_relay.api.schemas import HealthResponse, VersionResponse
 from byok_relay.errors import ApiError, json_response
 from byok_relay.services import Services
-
-_STATIC = files("byok_relay") / "static"
 
 
 @endpoint(
@@ -116,7 +113,7 @@ async def docs_asset(request: web.Request, svc: Services) -> web.Response:
 
 
 def _static(name: str, content_type: str) -> web.Response:
-    data = (_STATIC / name).read_bytes()
+    data = assets.static_bytes(name)
     return web.Response(
         body=data, content_type=content_type, headers={"Cache-Control": "public, max-age=300"}
     )

@@ -21,16 +21,15 @@ container image holds only the package.
 from __future__ import annotations
 
 import re
-from importlib.resources import files
 
 from aiohttp import web
 
+from byok_relay.api.assets import static_bytes
 from byok_relay.api.endpoints import endpoint
 from byok_relay.config import HOST_PORT
 from byok_relay.services import Services
 
 PLACEHOLDER = "{{RELAY_URL}}"
-_SKILL = files("byok_relay") / "static" / "SKILL.md"
 _UNFILLED_NOTE = re.compile(r"<!-- unfilled:.*?<!-- /unfilled -->\n", re.S)
 _DERIVED_VARY = "Host, X-Forwarded-Host, X-Forwarded-Proto, Origin"  # Origin: CORS
 
@@ -82,7 +81,7 @@ def _text(body: str, content_type: str, derived: bool) -> web.Response:
 def skill_markdown(base: str | None) -> str:
     """The skill with `base` filled in and its "not filled in" note dropped; unchanged when
     there is no base to trust."""
-    text = _SKILL.read_text("utf-8")
+    text = static_bytes("SKILL.md").decode("utf-8")
     if base is None:
         return text
     return _UNFILLED_NOTE.sub("", text).replace(PLACEHOLDER, base)
