@@ -156,11 +156,13 @@ class Services:
                     await migrator.migrate()
                 finally:
                     await migrator.close()
-                await self._open_storage()
+                await self.storage.connect()
             except StorageUnavailable as exc:
                 delay = min(delay * 2, 15.0)
                 log_event("database still unavailable", logging.WARNING, reason=str(exc))
                 continue
+            # No await between connecting and this line: the log says "connected" before
+            # the first request the database serves.
             log_event("database connected")
             return
 
