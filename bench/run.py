@@ -311,10 +311,11 @@ class Bench:
         database_url: str,
         redis_url: str | None,
         extra: dict[str, str] | None = None,
+        src: Path = SRC,
     ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not _relay_setting(k)}
         env.update(
-            PYTHONPATH=str(SRC),
+            PYTHONPATH=str(src),
             ENCRYPTION_SECRET=ENCRYPTION_SECRET,
             APP_SECRET=APP_SECRET,
             DATABASE_URL=database_url,
@@ -345,9 +346,10 @@ class Bench:
         database_url: str,
         redis_url: str | None = None,
         extra: dict[str, str] | None = None,
+        src: Path = SRC,
     ) -> tuple[subprocess.Popen[Any], int]:
         port = free_port()
-        env = self.relay_env(upstream_port, database_url, redis_url, extra)
+        env = self.relay_env(upstream_port, database_url, redis_url, extra, src)
         cmd = [PY, "-m", "byok_relay", "serve", "--host", "127.0.0.1", "--port", str(port)]
         # stdout is the JSON access log (one line per request), kept in a file.
         proc = self.spawn(cmd, f"relay-{name}.log", env=env)
@@ -677,6 +679,74 @@ def every_feature_token(b: Bench, port: int) -> str:
 def _per_request(res: dict[str, Any], which: Any) -> int:
     spent = sum(v for k, v in res["relay_cpu_s_by_thread"].items() if which(k))
     return round(spent * 1e6 / res["requests"]) if res["requests"] else 0
+
+
+def phase_ab(b: Bench, json_port: int) -> None:
+    """This checkout against `--against REF` (a commit, built as a git worktree in the work
+    dir), each relay on its own SQLite file with every feature on, and the floor: rounds
+    interleaved (the order alternates), so the VM's drift hits all three alike. Reports
+    the median CPU µs/request at 64 connections and p50 latency at 1, per side."""
+    a = b.args
+    other = b.work / "against"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(other), a.against],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    sides: dict[str, tuple[subprocess.Popen[Any], int, str]] = {}
+    floor_port = free_port()
+    try:
+        for name, src in (("this", SRC), ("against", other / "src")):
+            relay, port = b.start_relay(
+                f"ab-{name}", json_port, f"sqlite:///{b.work}/ab-{name}.db", src=src
+            )
+            sides[name] = (relay, port, every_feature_token(b, port))
+        floor = b.spawn(
+            [PY, str(BENCH / "minimal_relay.py"), "--port", str(floor_port),
+             "--upstream", f"http://127.0.0.1:{json_port}", "--token", sides["this"][2]],
+            "ab-floor.log",
+        )  # fmt: skip
+        wait_port(floor_port, floor)
+        sides["floor"] = (floor, floor_port, sides["this"][2])
+        for _, port, token in sides.values():
+            b.wrk(port, RELAY_CHAT, 64, a.warmup, [token])
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        order = list(sides)
+        for i in range(a.ab_rounds):
+            log(f"A/B round {i + 1}/{a.ab_rounds}: {', '.join(order)}")
+            for name in order:
+                relay, port, token = sides[name]
+                c64 = b.measured_wrk(relay, port, RELAY_CHAT, 64, a.duration, [token])
+                c1 = b.wrk(port, RELAY_CHAT, 1, max(2.0, a.duration / 2), [token])
+                runs[name].append({"c64": c64, "c1": c1})
+            # The mock itself at one connection: what "added latency" is added to.
+            runs.setdefault("direct", []).append(
+                {"c1": b.wrk(json_port, DIRECT_CHAT, 1, max(2.0, a.duration / 2))}
+            )
+            order.reverse()
+        summary: dict[str, dict[str, Any]] = {
+            "direct": {
+                "p50_ms_c1": round(
+                    statistics.median(r["c1"]["p50_us"] / 1000 for r in runs.pop("direct")), 3
+                )
+            }
+        }
+        for name, rs in runs.items():
+            summary[name] = {
+                "cpu_us_per_request": round(
+                    statistics.median(r["c64"]["cpu_us_per_request"] for r in rs), 1
+                ),
+                "rps": round(statistics.median(r["c64"]["rps"] for r in rs)),
+                "p50_ms_c1": round(statistics.median(r["c1"]["p50_us"] / 1000 for r in rs), 3),
+                "errors": sum(r["c64"]["errors"] + r["c1"]["errors"] for r in rs),
+            }
+        b.results["ab"] = {"against": a.against, "rounds": runs, "median": summary}
+    finally:
+        for relay, _, _ in sides.values():
+            b.stop(relay)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(other)],
+            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
 
 def phase_soak(b: Bench, json_port: int) -> None:
@@ -1463,6 +1533,29 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{last['rss_mb'] - first['rss_mb']:+.1f} MB", "-", None)  # fmt: skip
         add("soak: request log rows at the end", "-", last["request_log_rows"],
             f"{last['db_mb']} MB on disk", "-", None)  # fmt: skip
+    ab = r.get("ab")
+    if ab:
+        m = ab["median"]
+        this, other, floor = m["this"], m["against"], m["floor"]
+        fcpu = floor["cpu_us_per_request"]
+        add(f"A/B CPU µs/req @64 (every feature), {ab['against']} → this", "-",
+            f"{other['cpu_us_per_request']} → {this['cpu_us_per_request']}",
+            f"{(this['cpu_us_per_request'] / other['cpu_us_per_request'] - 1) * 100:+.1f} %",
+            "-", None)  # fmt: skip
+        add("A/B relay / floor CPU, against → this", fcpu,
+            f"{other['cpu_us_per_request'] / fcpu:.2f} → {this['cpu_us_per_request'] / fcpu:.2f}",
+            f"floor + {this['cpu_us_per_request'] - fcpu:.0f} µs", "<= 1.5x",
+            this["cpu_us_per_request"] <= 1.5 * fcpu)  # fmt: skip
+        direct = m["direct"]["p50_ms_c1"]
+        added = this["p50_ms_c1"] - direct
+        add("A/B p50 @1 (ms), against → this", direct,
+            f"{other['p50_ms_c1']} → {this['p50_ms_c1']}",
+            f"+{added:.3f} ms (floor +{floor['p50_ms_c1'] - direct:.3f})", "added <= 0.3 ms",
+            added <= 0.3)  # fmt: skip
+        add("A/B req/s @64, against → this (floor)", floor["rps"],
+            f"{other['rps']} → {this['rps']}", "-", "-", None)  # fmt: skip
+        add("A/B non-2xx/socket errors", "-", this["errors"] + other["errors"], "-", "0",
+            this["errors"] + other["errors"] == 0)  # fmt: skip
     return rows
 
 
@@ -1496,7 +1589,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default="json,sse,idle,db,pg",
-        help="comma list of phases: json,sse,idle,db,pg,soak (soak is not in the default)",
+        help="comma list of phases: json,sse,idle,db,pg,soak,ab (soak and ab are not in "
+        "the default)",
     )
     p.add_argument("--duration", type=float, help="seconds per wrk run (default 10; quick 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds (default 3; quick 1)")
@@ -1532,6 +1626,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="minutes of the soak phase (default 10; quick 3); the phase runs when --only names it",
     )
+    p.add_argument(
+        "--against",
+        default="HEAD",
+        help="the commit the ab phase compares this checkout with (default HEAD: the "
+        "working tree's uncommitted changes against their base)",
+    )
+    p.add_argument("--ab-rounds", type=int, default=5, help="interleaved rounds of the ab phase")
     p.add_argument("--python-mock", action="store_true", help="use the Python JSON mock, not nginx")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
     a = p.parse_args(argv)
@@ -1639,6 +1740,9 @@ def main(argv: list[str] | None = None) -> int:
         if "soak" in args.only:
             load["soak"] = os.getloadavg()
             phase_soak(b, json_port)
+        if "ab" in args.only:
+            load["ab"] = os.getloadavg()
+            phase_ab(b, json_port)
         want_pg = args.postgres or (not args.no_postgres and reachable(5432) and reachable(6379))
         if "pg" in args.only and want_pg:
             load["pg"] = os.getloadavg()

@@ -18,7 +18,12 @@ from typing import Any
 
 import orjson
 
-_MARKERS = (b"usage", b"Usage", b"billed_units")
+
+
+def _mentions_usage(data: bytes) -> bool:
+    # "usage", "usageMetadata" (both hold "sage") and Cohere's "billed_units",
+    # as two substring tests: this runs on every answer and every streamed chunk.
+    return b"sage" in data or b"billed_units" in data
 
 
 def _ints(d: Any, *names: str) -> int | None:
@@ -66,7 +71,7 @@ class Meter:
                     self.output_tokens = o
 
     def feed_json(self, body: bytes) -> None:
-        if not any(m in body for m in _MARKERS):
+        if not _mentions_usage(body):
             return
         try:
             self._take(orjson.loads(body))
@@ -75,10 +80,10 @@ class Meter:
 
     def feed_sse(self, chunk: bytes) -> None:
         self.events += chunk.count(b"data:")
-        if not any(m in chunk for m in _MARKERS):
+        if not _mentions_usage(chunk):
             return
         for line in chunk.split(b"\n"):
-            if line.startswith(b"data:") and any(m in line for m in _MARKERS):
+            if line.startswith(b"data:") and _mentions_usage(line):
                 try:
                     self._take(orjson.loads(line[5:].strip()))
                 except orjson.JSONDecodeError:

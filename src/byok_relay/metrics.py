@@ -3,10 +3,14 @@ answers with its own counts; scrape each, or run one worker per container)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from byok_relay.cache import InvalidatingCache
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -54,5 +58,33 @@ class RelayMetrics:
         if children[2] is not None:
             children[2].inc()
 
+    def watch_caches(self, caches: Sequence[InvalidatingCache[Any, Any]]) -> None:
+        """Report the caches' read counts at scrape time (nothing is counted twice on the
+        request path: the caches keep plain integers)."""
+        self.registry.register(_CacheCollector(tuple(caches)))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheCollector:
+    def __init__(self, caches: tuple[InvalidatingCache[Any, Any], ...]) -> None:
+        self._caches = caches
+
+    def collect(self) -> Iterator[Metric]:
+        reads = CounterMetricFamily(
+            "byok_relay_cache_reads",
+            "Cache misses that read the database (or unwrapped in the HSM), per cache",
+            labels=("cache",),
+        )
+        shared = CounterMetricFamily(
+            "byok_relay_cache_shared_misses",
+            "Cache misses that waited for the same read already in flight instead of "
+            "making their own",
+            labels=("cache",),
+        )
+        for cache in self._caches:
+            reads.add_metric((cache.name,), cache.reads)
+            shared.add_metric((cache.name,), cache.shared)
+        yield reads
+        yield shared

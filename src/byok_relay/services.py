@@ -90,6 +90,17 @@ class Services:
         client_address = ClientAddress(settings.TRUSTED_PROXIES, settings.RATE_LIMIT_IPV6_PREFIX)
         admission = Admission.build(limiter, client_address, auth, spend)
         relay = Relay(settings, registry, admission, vault, spend, usage, upstream, client_address)
+        metrics = RelayMetrics()
+        metrics.watch_caches(
+            [
+                auth.tokens,
+                auth.scoped,
+                auth.identities,
+                vault.keys,
+                spend.budgets,
+                custody.data_keys,
+            ]
+        )
         return cls(
             settings=settings,
             storage=storage,
@@ -105,7 +116,7 @@ class Services:
             upstream=upstream,
             relay=relay,
             client_address=client_address,
-            metrics=RelayMetrics(),
+            metrics=metrics,
             bus=bus,
             identity=identity,
         )

@@ -52,13 +52,10 @@ class KeyCustody:
         self.hsm = hsm
         self.target = target
         self._storage = storage
-        self._data_keys: InvalidatingCache[str, AESGCM] = InvalidatingCache(
-            "data-keys", cache_ttl_s
-        )
+        self.data_keys: InvalidatingCache[str, AESGCM] = InvalidatingCache("data-keys", cache_ttl_s)
         self._current_id: str | None = None
         self._current_lock = asyncio.Lock()
         self._checked: tuple[float, str] | None = None
-        self._unwrapping: dict[str, asyncio.Future[AESGCM]] = {}
 
     async def current_version(self) -> str:
         """The version new keys are sealed under (creates the HSM data key on first use)."""
@@ -82,17 +79,11 @@ class KeyCustody:
 
     # --- data keys ----------------------------------------------------------------------
     async def _data_key(self, data_key_id: str) -> AESGCM:
-        hit = self._data_keys.get(data_key_id)
-        if hit is not None:
-            return hit
-        # When the cached data key expires, every request in flight misses at once: they
-        # share one unwrap instead of queueing dozens on the HSM's one thread.
-        pending = self._unwrapping.get(data_key_id)
-        if pending is None:
-            pending = asyncio.ensure_future(self._unwrap(data_key_id))
-            self._unwrapping[data_key_id] = pending
-            pending.add_done_callback(lambda _: self._unwrapping.pop(data_key_id, None))
-        return await asyncio.shield(pending)
+        # When the cached data key expires, every request in flight misses at once: the
+        # cache has them share one unwrap instead of queueing dozens on the HSM's thread.
+        aead = await self.data_keys.load(data_key_id, lambda: self._unwrap(data_key_id))
+        assert aead is not None  # _unwrap returns a key or raises
+        return aead
 
     async def _unwrap(self, data_key_id: str) -> AESGCM:
         hsm = self._require_hsm()
@@ -108,9 +99,7 @@ class KeyCustody:
             ) from None
         except HsmUnavailable as exc:
             raise CustodyUnavailable(str(exc)) from None
-        aead = AESGCM(raw)
-        self._data_keys.put_if_current(data_key_id, aead, self._data_keys.epoch)
-        return aead
+        return AESGCM(raw)
 
     async def _current_data_key_id(self) -> str:
         if self._current_id is not None:
