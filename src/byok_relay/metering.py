@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 
 
-
 def _mentions_usage(data: bytes) -> bool:
     # "usage", "usageMetadata" (both hold "sage") and Cohere's "billed_units",
     # as two substring tests: this runs on every answer and every streamed chunk.
