@@ -693,19 +693,13 @@ def phase_ab(b: Bench, json_port: int) -> None:
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     sides: dict[str, tuple[subprocess.Popen[Any], int, str]] = {}
-    floor_port = free_port()
     try:
         for name, src in (("this", SRC), ("against", other / "src")):
             relay, port = b.start_relay(
                 f"ab-{name}", json_port, f"sqlite:///{b.work}/ab-{name}.db", src=src
             )
             sides[name] = (relay, port, every_feature_token(b, port))
-        floor = b.spawn(
-            [PY, str(BENCH / "minimal_relay.py"), "--port", str(floor_port),
-             "--upstream", f"http://127.0.0.1:{json_port}", "--token", sides["this"][2]],
-            "ab-floor.log",
-        )  # fmt: skip
-        wait_port(floor_port, floor)
+        floor, floor_port = start_floor(b, json_port, sides["this"][2], "ab-floor.log")
         sides["floor"] = (floor, floor_port, sides["this"][2])
         for _, port, token in sides.values():
             b.wrk(port, RELAY_CHAT, 64, a.warmup, [token])
@@ -898,14 +892,26 @@ def measure_custody(b: Bench, json_port: int) -> dict[str, list[dict[str, Any]]]
     return runs
 
 
-def measure_floor(b: Bench, json_port: int, token: str) -> dict[str, Any] | None:
-    """The same load on bench/minimal_relay.py: the aiohttp server+client floor, now."""
+def start_floor(
+    b: Bench, json_port: int, token: str, log_name: str
+) -> tuple[subprocess.Popen[Any], int]:
+    """bench/minimal_relay.py in front of the JSON mock, accepting `token`."""
     port = free_port()
     cmd = [PY, str(BENCH / "minimal_relay.py"), "--port", str(port),
            "--upstream", f"http://127.0.0.1:{json_port}", "--token", token]  # fmt: skip
-    proc = b.spawn(cmd, "minimal-relay.log")
+    proc = b.spawn(cmd, log_name)
+    wait_port(port, proc)
+    return proc, port
+
+
+def measure_floor(b: Bench, json_port: int, token: str) -> dict[str, Any] | None:
+    """The same load on bench/minimal_relay.py: the aiohttp server+client floor, now."""
     try:
-        wait_port(port, proc)
+        proc, port = start_floor(b, json_port, token, "minimal-relay.log")
+    except Exception as exc:
+        log(f"floor did not start: {exc}")
+        return None
+    try:
         log("floor: minimal aiohttp relay, 64 connections then 1")
         b.wrk(port, RELAY_CHAT, 64, b.args.warmup, [token])
         c64 = b.measured_wrk(proc, port, RELAY_CHAT, 64, b.args.duration, [token])

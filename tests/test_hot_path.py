@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from providers.relay import CHAT, FAKE_KEY, StartRelay, register_user
+from providers.relay import CHAT, StartRelay, openai_user
 
 from byok_relay.cache import InvalidatingCache
 
@@ -29,8 +29,7 @@ def test_concurrent_misses_share_one_read_and_metrics_count_them(
 ) -> None:
     # CACHE_TTL_S=0: every request misses, so only sharing can save reads.
     relay = start_relay(CACHE_TTL_S="0")
-    user = register_user(relay)
-    user.store_key("openai", FAKE_KEY)
+    user = openai_user(relay)
     n = 48
 
     async def burst() -> list[int]:
@@ -119,9 +118,7 @@ def test_a_waiter_that_leaves_does_not_cancel_the_shared_read() -> None:
 def test_in_process_rate_limit_refuses_names_its_reset_and_opens_again(
     start_relay: StartRelay,
 ) -> None:
-    relay = start_relay(RATE_LIMIT_RELAY="2/second")
-    user = register_user(relay)
-    user.store_key("openai", FAKE_KEY)
+    user = openai_user(start_relay(RATE_LIMIT_RELAY="2/second"))
     with user.client() as client:
         # The window opens at the first hit (not on a clock boundary), so the first two
         # pass and the third, milliseconds later, is refused.

@@ -63,9 +63,9 @@ class InvalidatingCache(Generic[K, V]):
         arrived while it was being read). Misses of the same key meanwhile wait for this
         read instead of making their own; a waiter that is cancelled (its client left)
         leaves the read running for the others."""
-        hit = self._entries.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl:
-            return hit[1]
+        hit = self.get(key)
+        if hit is not None:
+            return hit
         pending = self._loading.get(key)
         if pending is None:
             self.reads += 1

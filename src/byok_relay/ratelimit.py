@@ -158,9 +158,6 @@ class LocalWindows:
         for key in [k for k, (end, _) in self._windows.items() if end <= now]:
             del self._windows[key]
 
-    def __len__(self) -> int:
-        return len(self._windows)
-
 
 def _window(item: RateLimitItem) -> str:
     unit = item.GRANULARITY.name.lower()

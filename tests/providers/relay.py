@@ -338,6 +338,13 @@ def register_user(relay: Relay, app_id: str = "test-app") -> User:
     )
 
 
+def openai_user(relay: Relay) -> User:
+    """A registered user with the fake OpenAI key stored: ready to relay a chat."""
+    user = register_user(relay)
+    user.store_key("openai", FAKE_KEY)
+    return user
+
+
 # -- fixture signatures (for annotations in test modules) ------------------------------
 class StartRelay(Protocol):
     """The ``start_relay`` fixture."""
