@@ -20,9 +20,9 @@ import orjson
 
 
 def _mentions_usage(data: bytes) -> bool:
-    # "usage", "usageMetadata" (both hold "sage") and Cohere's "billed_units",
-    # as two substring tests: this runs on every answer and every streamed chunk.
-    return b"sage" in data or b"billed_units" in data
+    # "usage"/"usageMetadata", "Usage" and Cohere's "billed_units" as plain substring
+    # tests (no generator): this runs on every answer and every streamed chunk.
+    return b"usage" in data or b"Usage" in data or b"billed_units" in data
 
 
 def _ints(d: Any, *names: str) -> int | None:

@@ -450,8 +450,10 @@ class Relay:
                 # A truncated binary body must not look complete: drop the connection.
                 request.transport.close()
                 return response, True
-        await response.write_eof()
+        # Every byte of the answer is written: count it as complete even if the client,
+        # having read the last event, hangs up before the end-of-stream marker.
         meter.complete = True
+        await response.write_eof()
         return response, True
 
 
