@@ -300,6 +300,10 @@ def test_client_js_served_as_javascript(relay: Relay) -> None:
         ("POST", "/nope"),
         ("GET", "/keys/openai/extra/segments"),
         ("GET", "/relayx"),
+        # The relay route matches by prefix (app.RelayResource): the same paths as its
+        # pattern /relay/{provider}/{path:.*}, no more.
+        ("POST", "/relay/openai"),
+        ("POST", "/relay//v1/chat/completions"),
     ],
 )
 def test_not_found_is_json(relay: Relay, method: str, path: str) -> None:
@@ -315,6 +319,7 @@ def test_not_found_is_json(relay: Relay, method: str, path: str) -> None:
         ("GET", "/tokens/revoke"),
         ("DELETE", "/health"),
         ("PUT", "/relay"),
+        ("PUT", "/relay/openai/v1/chat/completions"),
     ],
 )
 def test_method_not_allowed_is_json(relay: Relay, method: str, path: str) -> None:

@@ -1,8 +1,9 @@
 """Assembly: the aiohttp application, its routes and the cross-cutting behaviour.
 
-One middleware does what every request needs (request id, preflight, error → JSON, the
-access-log line); one response-prepare hook stamps CORS, security and request-id headers
-on every response, streamed ones included, just before their headers leave.
+One middleware does what every request needs (the in-flight count for a graceful stop,
+request id, preflight, error → JSON, the access-log line); one response-prepare hook
+stamps CORS, security and request-id headers on every response, streamed ones included,
+just before their headers leave.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from byok_relay.api import (  # noqa: F401  (registers routes)
 from byok_relay.api.endpoints import ENDPOINTS, make_handler
 from byok_relay.config import Settings
 from byok_relay.custody import CustodyUnavailable
+from byok_relay.drain import IN_FLIGHT, InFlight
 from byok_relay.errors import ApiError, json_response
 from byok_relay.logs import AccessLog, access_logger
 from byok_relay.providers import ProviderRegistry
@@ -99,6 +101,21 @@ def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
+class RelayResource(web.DynamicResource):
+    """`/relay/{provider}/{path:.*}`, matched by its prefix: the relay routes parse
+    `request.raw_path` themselves (relay.py), so the regex and the per-part unquoting
+    aiohttp does for a dynamic route produce nothing anyone reads."""
+
+    def __init__(self) -> None:
+        super().__init__("/relay/{provider}/{path:.*}")
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        # The pattern's paths: a non-empty provider segment, then a slash.
+        if path.startswith("/relay/") and path.find("/", 7) > 7:
+            return {}
+        return None
+
+
 def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> web.Application:
     registry = registry or ProviderRegistry.load(
         settings.PROVIDERS_FILE, settings.provider_base_urls
@@ -107,6 +124,7 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
     cors = Cors(settings.allowed_origins)
     https_forwarded = bool(settings.TRUSTED_PROXIES)
     metrics = services.metrics
+    in_flight = InFlight()
     access_log = AccessLog(
         enabled=settings.LOG_LEVEL in ("debug", "info"), text=settings.log_as_text
     )
@@ -118,6 +136,7 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
         rid = sent_id if sent_id and _SANE_REQUEST_ID.match(sent_id) else _new_request_id()
         request["rid"] = rid
         status = 500
+        in_flight.enter()
         try:
             if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
                 response: web.StreamResponse = _preflight(request, cors)
@@ -154,6 +173,7 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
             access_logger.exception("unhandled error", extra={"fields": {"id": rid}})
             return json_response({"error": "Internal error in the relay."}, 500)
         finally:
+            in_flight.leave()
             elapsed = time.perf_counter() - started
             route = _route_name(request)
             metrics.observe(route, request.method, status, elapsed, request.get("provider"))
@@ -195,6 +215,7 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
         middlewares=[request_context], client_max_size=settings.REQUEST_BODY_LIMIT_BYTES
     )
     app[SERVICES] = services
+    app[IN_FLIGHT] = in_flight
     app.on_response_prepare.append(stamp_headers)
 
     async def lifecycle(app: web.Application) -> object:
@@ -206,8 +227,10 @@ def build_app(settings: Settings, registry: ProviderRegistry | None = None) -> w
 
     # The hot routes first: the router tries resources in registration order.
     relay = services.relay
-    app.router.add_route("POST", "/relay/{provider}/{path:.*}", relay.provider_route)
-    app.router.add_route("GET", "/relay/{provider}/{path:.*}", relay.provider_route)
+    relay_paths = RelayResource()
+    app.router.register_resource(relay_paths)
+    relay_paths.add_route("POST", relay.provider_route)
+    relay_paths.add_route("GET", relay.provider_route)
     app.router.add_route("POST", "/relay", relay.unified_route)
     for ep in ENDPOINTS:
         app.router.add_route(ep.method, ep.path, make_handler(ep))

@@ -51,11 +51,10 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
 
     from byok_relay.app import build_app
     from byok_relay.connections import HeadDeadline
-    from byok_relay.drain import CLOSE_TIMEOUT_S, InFlight
+    from byok_relay.drain import CLOSE_TIMEOUT_S, IN_FLIGHT
 
     app = build_app(settings)
-    inflight = InFlight()
-    app.middlewares.insert(0, inflight.middleware)  # outermost: counts every request
+    inflight = app[IN_FLIGHT]
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # client gone → handler cancelled → upstream closed
