@@ -2,7 +2,8 @@
 
 aiohttp web server (handler_cancellation=True, no access log) + one pooled aiohttp
 ClientSession, uvloop; checks the x-relay-token header against one fixed value, injects
-a fake key, forwards the body and sends the upstream answer back. No database, no
+a fake key, forwards the body and sends the upstream answer back (an event stream
+chunk by chunk, as it arrives: the SSE phase's floor). No database, no
 limiter, no logging, no CORS. This is the issue's "aiohttp web server + aiohttp client"
 row: whatever the real relay costs above this number is its own features' cost.
 
@@ -26,11 +27,21 @@ def build(upstream: str, token: str) -> web.Application:
         if request.headers.get("x-relay-token") != token:
             return web.json_response({"error": "bad token"}, status=401)
         body = await request.read()
+        query = request.query_string
         async with session["s"].post(
-            upstream + "/" + request.match_info["path"],
+            upstream + "/" + request.match_info["path"] + ("?" + query if query else ""),
             data=body,
             headers={"authorization": "Bearer sk-fake", "content-type": "application/json"},
         ) as up:
+            if up.content_type == "text/event-stream":  # the SSE phase's floor
+                stream = web.StreamResponse(
+                    status=up.status, headers={"content-type": up.content_type}
+                )
+                await stream.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await stream.write(chunk)
+                await stream.write_eof()
+                return stream
             data = await up.read()
             return web.Response(
                 body=data, status=up.status, headers={"content-type": up.content_type}

@@ -993,16 +993,25 @@ def summarize_profile(path: Path, top: int = 30) -> dict[str, Any]:
 
 def phase_sse(b: Bench, sse_port: int, token_db: Path) -> None:
     a = b.args
-    log("SSE: starting relay on the SSE mock")
-    relay, port = b.start_relay("sse", sse_port, f"sqlite:///{token_db}")
+    log(f"SSE: starting relay on the SSE mock (--workers {a.sse_workers})")
+    extra = {"WORKERS": str(a.sse_workers)} if a.sse_workers > 1 else None
+    relay, port = b.start_relay("sse", sse_port, f"sqlite:///{token_db}", extra=extra)
     q = f"?sse=1&n={a.events}&ms={a.interval_ms}"
-    out: dict[str, Any] = {"events": a.events, "interval_ms": a.interval_ms}
+    out: dict[str, Any] = {
+        "events": a.events,
+        "interval_ms": a.interval_ms,
+        "workers": a.sse_workers,
+    }
+    floor: subprocess.Popen[Any] | None = None
     try:
         token = b.setup_user(port)
+        # The floor relay streams too: what any one-process aiohttp relay costs here.
+        floor, floor_port = start_floor(b, sse_port, token, "minimal-relay-sse.log")
         for n in a.streams:
-            log(f"SSE: {n} concurrent streams x {a.rounds} round(s), direct and relay")
+            log(f"SSE: {n} concurrent streams x {a.rounds} round(s), direct, relay and floor")
             b.sse(sse_port, DIRECT_CHAT + q, n, None, a.events)  # warm-up, not recorded
             b.sse(port, RELAY_CHAT + q, n, token, a.events)
+            b.sse(floor_port, RELAY_CHAT + q, n, token, a.events)
             rounds = []
             for _ in range(a.rounds):
                 time.sleep(0.5)
@@ -1011,10 +1020,14 @@ def phase_sse(b: Bench, sse_port: int, token_db: Path) -> None:
                 cpu0 = cpu_seconds(relay.pid)
                 r = b.sse(port, RELAY_CHAT + q, n, token, a.events)
                 r["relay_cpu_s"] = round(cpu_seconds(relay.pid) - cpu0, 3)
-                rounds.append({"direct": d, "relay": r})
+                time.sleep(0.5)
+                f = b.sse(floor_port, RELAY_CHAT + q, n, token, a.events)
+                rounds.append({"direct": d, "relay": r, "floor": f})
             out[str(n)] = {"rounds": rounds, "median": _sse_median(rounds)}
     finally:
         b.stop(relay)
+        if floor is not None:
+            b.stop(floor)
     b.results["sse"] = out
 
 
@@ -1030,7 +1043,7 @@ def _sse_median(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return statistics.median(vals) if vals else None
 
     m: dict[str, Any] = {}
-    for side in ("direct", "relay"):
+    for side in ("direct", "relay", "floor"):
         m[side] = {
             "worst_lateness_ms": med(side, "lateness", "max_ms"),
             "p99_lateness_ms": med(side, "lateness", "p99_ms"),
@@ -1382,6 +1395,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         )
     s = r.get("sse")
     if s:
+        if s.get("workers", 1) > 1:
+            add("SSE relay: serve --workers", "-", s["workers"], "-", "-", None)
         for n in (k for k in s if k.isdigit()):
             m = s[n]["median"]
             d, x = m["direct"], m["relay"]
@@ -1415,6 +1430,17 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 "-",
                 None,
             )
+            f = m.get("floor") or {}
+            if f.get("worst_lateness_ms") is not None:
+                fl, ft = f["worst_lateness_ms"], f["ttfb_max_ms"]
+                add(
+                    f"SSE {n}: floor relay worst lateness / TTFB max (ms)",
+                    "-",
+                    f"{fl:.1f} / {ft:.1f}",
+                    f"+{fl - dl:.1f} / +{ft - d['ttfb_max_ms']:.1f} ms",
+                    "-",
+                    None,
+                )
             added_max = x["ttfb_max_ms"] - d["ttfb_max_ms"]
             add(
                 f"SSE {n}: TTFB max (ms)",
@@ -1578,7 +1604,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ]
         for r in rows
     ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(head)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"
     print(line)
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -1602,6 +1628,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="warm-up seconds (default 3; quick 1)")
     p.add_argument("--rounds", type=int, help="SSE rounds, median reported (default 3; quick 1)")
     p.add_argument("--streams", default="200,1000", help="SSE concurrencies")
+    p.add_argument(
+        "--sse-workers", type=int, default=1, help="serve --workers for the SSE relay (default 1)"
+    )
     p.add_argument("--events", type=int, default=30, help="SSE events per stream")
     p.add_argument("--interval-ms", type=int, default=20, help="ms between SSE events")
     p.add_argument("--idle", default="2000,10000", help="idle open-stream counts")
