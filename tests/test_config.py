@@ -67,6 +67,16 @@ SERVE_IN_PROCESS: list[tuple[str, dict[str, str | None], str]] = [
     ("provider-url", {"PROVIDER_OPENAI_BASE_URL": "ftp://x"}, "PROVIDER_OPENAI_BASE_URL"),
     ("app-secret", {"APP_SECRET": "has a space"}, "APP_SECRET"),
     ("retention", {"REQUEST_LOG_RETENTION_DAYS": "-5"}, "REQUEST_LOG_RETENTION_DAYS"),
+    (
+        "rollup-retention",
+        {"REQUEST_LOG_ROLLUP_RETENTION_DAYS": "-1"},
+        "REQUEST_LOG_ROLLUP_RETENTION_DAYS",
+    ),
+    (
+        "rollup-retention-huge",
+        {"REQUEST_LOG_ROLLUP_RETENTION_DAYS": "36501"},
+        "REQUEST_LOG_ROLLUP_RETENTION_DAYS",
+    ),
     ("host-empty", {"HOST": ""}, "HOST"),
     ("origins-bare-host", {"ALLOWED_ORIGINS": "app.example.com"}, "ALLOWED_ORIGINS"),
     ("origins-path", {"ALLOWED_ORIGINS": "https://a.example/app"}, "ALLOWED_ORIGINS"),
@@ -83,6 +93,7 @@ SERVE_IN_PROCESS: list[tuple[str, dict[str, str | None], str]] = [
         {"TRUSTED_PROXIES": "2", "ALLOW_PRIVATE_UPSTREAMS": "true"},
         {"DATABASE_URL": None, "DB_PATH": "x.db"},
         {"TOKEN_EXPIRY_DAYS": "36500", "REQUEST_LOG_RETENTION_DAYS": "0"},
+        {"REQUEST_LOG_RETENTION_DAYS": "1", "REQUEST_LOG_ROLLUP_RETENTION_DAYS": "400"},
     ],
     ids=repr,
 )

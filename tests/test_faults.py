@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -116,6 +117,36 @@ def test_postgres_down_503_then_recovers_by_itself(
     messages = [line.get("msg") for line in _log_lines(relay)]
     assert "PostgreSQL unavailable; answering 503 until it returns" in messages
     assert "PostgreSQL reachable again" in messages
+
+
+def _gauge(client: httpx.Client, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", client.get("/metrics").text, re.M)
+    assert found, f"{name} missing from /metrics"
+    return float(found.group(1))
+
+
+@pytest.mark.postgres
+def test_request_log_backlog_on_metrics_while_postgres_is_down(
+    private_pg: PrivatePostgres, start_relay: StartRelay
+) -> None:
+    # Token and key cached for the whole outage: requests are served, their rows wait.
+    relay = start_relay(DATABASE_URL=private_pg.url, DB_POOL_SIZE="3", CACHE_TTL_S="300")
+    user = register_user(relay)
+    user.store_key("openai", FAKE_KEY)
+    pending = "byok_relay_request_log_pending"
+    with relay.client(timeout=20) as client:
+        assert client.post(CHAT_PATH, json=CHAT, headers=user.headers).status_code == 200
+        _until(lambda: _gauge(client, pending) == 0, 10, "first row written")
+        private_pg.stop()
+        try:
+            for _ in range(3):
+                assert client.post(CHAT_PATH, json=CHAT, headers=user.headers).status_code == 200
+            _until(lambda: _gauge(client, pending) == 3, 10, "three rows waiting")
+        finally:
+            private_pg.start()
+        _until(lambda: _gauge(client, pending) == 0, 20, "backlog written after recovery")
+        assert _gauge(client, "byok_relay_request_log_dropped_total") == 0
+        assert client.get("/stats", headers=user.headers).json()["total"] == 4
 
 
 @pytest.mark.postgres

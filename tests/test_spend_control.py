@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import openai
 import pytest
+from backends import relay_db_rows
 from conftest import Register
 from providers.mock import MockProviders
 from providers.relay import CHAT, CLAUDE, FAKE_KEY, GEMINI, Relay, StartRelay, User, error_of
@@ -468,6 +469,46 @@ def test_budget_survives_a_restart(
     again = start_relay(data_dir=tmp_path)
     mocks.clear()
     refused_upstream_untouched(mocks, chat(again, user.token), 429, "3 requests per day")
+
+
+def test_usage_outlives_its_raw_rows_once_rolled_up(
+    start_relay: StartRelay, register: Register, mocks: MockProviders, tmp_path: Any
+) -> None:
+    """The stop folds the request log into hourly rollups; with every raw row deleted
+    (what a 1-day REQUEST_LOG_RETENTION_DAYS does later), /stats, /budget, a scoped
+    token's usage and budget counters seeded after the restart (no Redis: counters in
+    memory) still count every request."""
+    relay = start_relay(data_dir=tmp_path)
+    user = register(relay)
+    user.store_key("openai", FAKE_KEY)
+    put = httpx.put(f"{relay.url}/budget", json={"window": "month", "requests": 4},
+                    headers=user.headers)  # fmt: skip
+    assert put.status_code == 200, put.text
+    scoped = mint(user, budget={"requests": 2})
+    for token in (user.token, user.token, scoped["token"], scoped["token"]):
+        assert chat(relay, token).status_code == 200
+    stats = eventually(lambda: httpx.get(f"{relay.url}/stats", headers=user.headers).json(),
+                       lambda s: s["total"] == 4)  # fmt: skip
+    assert stats["total"] == 4 and stats["total_output_tokens"] > 0
+    assert relay.stop() == 0  # SIGTERM: the last flush, then the roll
+    assert relay_db_rows(relay, "SELECT COUNT(*) FROM request_log") == [(4,)]
+    relay_db_rows(relay, "DELETE FROM request_log")
+    assert relay_db_rows(relay, "SELECT SUM(requests) FROM request_log_hourly") == [(4,)]
+
+    again = start_relay(data_dir=tmp_path)
+    after = httpx.get(f"{again.url}/stats", headers=user.headers).json()
+    assert after == stats
+    usage = httpx.get(f"{again.url}/budget", headers=user.headers).json()["usage"]
+    assert usage["requests"] == 4 and usage["providers"]["openai"]["requests"] == 4
+    assert usage["output_tokens"] == stats["total_output_tokens"]
+    (listed,) = httpx.get(f"{again.url}/tokens", headers=user.headers).json()["tokens"]
+    assert listed["id"] == scoped["id"] and listed["usage"]["requests"] == 2
+    mocks.clear()
+    refused_upstream_untouched(mocks, chat(again, user.token), 429, "4 requests per month")
+    # The token's own counter, seeded from its rollups once the owner's budget is gone.
+    assert httpx.delete(f"{again.url}/budget", headers=user.headers).status_code == 200
+    refused_upstream_untouched(mocks, chat(again, scoped["token"]), 429, "2 requests")
+    assert chat(again, user.token).status_code == 200
 
 
 # --- exact usage --------------------------------------------------------------------------

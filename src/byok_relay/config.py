@@ -149,7 +149,18 @@ class Settings(BaseSettings):
     )
     DB_POOL_SIZE: int = Field(10, ge=1, le=1000, description="PostgreSQL connection pool size.")
     REQUEST_LOG_RETENTION_DAYS: int = Field(
-        90, ge=0, le=36500, description="Days request-log rows are kept (0 = forever)."
+        90,
+        ge=0,
+        le=36500,
+        description="Days raw request-log rows are kept (0 = forever); a row is never "
+        "purged before it is folded into the hourly rollups.",
+    )
+    REQUEST_LOG_ROLLUP_RETENTION_DAYS: int = Field(
+        0,
+        ge=0,
+        le=36500,
+        description="Days the hourly request-log rollups are kept (0 = forever); they "
+        "serve GET /stats and budgets, so keep at least 31 with month budgets.",
     )
     CACHE_TTL_S: float = Field(
         1.0,

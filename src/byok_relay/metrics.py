@@ -4,13 +4,16 @@ answers with its own counts; scrape each, or run one worker per container)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from byok_relay.cache import InvalidatingCache
+
+if TYPE_CHECKING:
+    from byok_relay.usage import UsageRecorder
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -63,6 +66,11 @@ class RelayMetrics:
         request path: the caches keep plain integers)."""
         self.registry.register(_CacheCollector(tuple(caches)))
 
+    def watch_request_log(self, usage: UsageRecorder) -> None:
+        """The request-log writer's backlog at scrape time: rows waiting in memory for
+        the database, and rows dropped because more than MAX_PENDING waited."""
+        self.registry.register(_RequestLogCollector(usage))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -88,3 +96,21 @@ class _CacheCollector:
             shared.add_metric((cache.name,), cache.shared)
         yield reads
         yield shared
+
+
+class _RequestLogCollector:
+    def __init__(self, usage: UsageRecorder) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "byok_relay_request_log_pending",
+            "Request-log rows waiting in memory to be written (written every second; "
+            "more while the database is slow or down)",
+            value=self._usage.pending,
+        )
+        yield CounterMetricFamily(
+            "byok_relay_request_log_dropped",
+            "Request-log rows dropped, oldest first, because more than MAX_PENDING waited",
+            value=self._usage.dropped,
+        )

@@ -74,7 +74,11 @@ class Services:
         auth = Authenticator(storage, hasher, ttl, identity)
         vault = Vault(storage, custody, ttl, bus)
         limiter = RateLimiter(settings)
-        usage = UsageRecorder(storage, settings.REQUEST_LOG_RETENTION_DAYS)
+        usage = UsageRecorder(
+            storage,
+            settings.REQUEST_LOG_RETENTION_DAYS,
+            settings.REQUEST_LOG_ROLLUP_RETENTION_DAYS,
+        )
         spend = SpendControl(
             storage, open_counters(settings.REDIS_URL, settings.REDIS_KEY_PREFIX), ttl, bus
         )
@@ -91,6 +95,7 @@ class Services:
         admission = Admission.build(limiter, client_address, auth, spend)
         relay = Relay(settings, registry, admission, vault, spend, usage, upstream, client_address)
         metrics = RelayMetrics()
+        metrics.watch_request_log(usage)
         metrics.watch_caches(
             [
                 auth.tokens,

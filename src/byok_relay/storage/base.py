@@ -144,7 +144,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> bool:
-        """Erase the user, their tokens, scoped tokens, budget, keys and request-log rows."""
+        """Erase the user, their tokens, scoped tokens, budget, keys, request-log rows and
+        request-log rollups."""
 
     # identities (SPEC §10)
     @abc.abstractmethod
@@ -238,15 +239,28 @@ class Storage(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    async def purge_request_log(self, before: int) -> int: ...
+    async def roll_up_request_log(self, limit: int) -> int:
+        """Fold up to `limit` raw rows not yet rolled up into the per-hour rollups, in
+        one transaction; returns the rows folded (fewer than `limit`: none are left)."""
 
     @abc.abstractmethod
+    async def purge_request_log(self, before: int) -> int:
+        """Delete raw rows created before `before` that are already rolled up."""
+
+    @abc.abstractmethod
+    async def purge_request_log_rollups(self, before: int) -> int:
+        """Delete the per-hour rollups of hours that ended by `before`."""
+
+    # Every usage read is the rollups plus the raw rows not yet rolled up, read together.
+    @abc.abstractmethod
     async def usage_stats(self, column: str, value: str, now: int) -> dict[str, Any]:
-        """Request-log aggregates where `column` (user_id or app_id) = value."""
+        """Request-log aggregates where `column` (user_id or app_id) = value; `last_7d`
+        and `last_30d` count from the start of the hour 7 (30) days before `now`."""
 
     @abc.abstractmethod
     async def usage_since(self, user_id: str, since: int) -> dict[str, UsageTotals]:
-        """The user's requests and tokens since `since`, per provider."""
+        """The user's requests and tokens since `since` (the start of an hour, as every
+        budget window's is), per provider."""
 
     @abc.abstractmethod
     async def usage_by_token(self, user_id: str) -> dict[str, UsageTotals]:

@@ -2,7 +2,8 @@
 
 Each migration runs in one transaction together with its row in `schema_migrations`,
 so a failed migration leaves the database exactly as it was. Never edit a released
-migration: add a new one. `{blob}`, `{bigint}` and `{serial}` are filled per dialect.
+migration: add a new one. `{blob}`, `{bigint}`, `{serial}` and `{without_rowid}` are
+filled per dialect.
 """
 
 from __future__ import annotations
@@ -18,8 +19,19 @@ class Migration:
 
 
 TYPES = {
-    "sqlite": {"blob": "BLOB", "bigint": "INTEGER", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
-    "postgresql": {"blob": "BYTEA", "bigint": "BIGINT", "serial": "BIGSERIAL PRIMARY KEY"},
+    "sqlite": {
+        "blob": "BLOB",
+        "bigint": "INTEGER",
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        # The primary key is the table: no second copy of its columns in an index.
+        "without_rowid": "WITHOUT ROWID",
+    },
+    "postgresql": {
+        "blob": "BYTEA",
+        "bigint": "BIGINT",
+        "serial": "BIGSERIAL PRIMARY KEY",
+        "without_rowid": "",
+    },
 }
 
 CREATE_MIGRATIONS_TABLE = """
@@ -140,6 +152,39 @@ MIGRATIONS: tuple[Migration, ...] = (
                 wrapped {blob} NOT NULL,
                 created_at {bigint} NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        5,
+        "request_log_hourly (per-hour rollups of the request log)",
+        (
+            # One row per (user, hour, provider, model, scoped token): what every usage
+            # read needs, so raw rows can be kept for a shorter time. '' stands for "no
+            # model" / "no scoped token" (NULL cannot be in a primary key).
+            """CREATE TABLE request_log_hourly (
+                user_id TEXT NOT NULL,
+                app_id TEXT NOT NULL,
+                token_id TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                model TEXT NOT NULL,
+                hour {bigint} NOT NULL,
+                requests {bigint} NOT NULL,
+                errors {bigint} NOT NULL,
+                input_tokens {bigint} NOT NULL,
+                output_tokens {bigint} NOT NULL,
+                last_at {bigint} NOT NULL,
+                PRIMARY KEY (user_id, hour, provider, model, token_id)
+            ) {without_rowid}""",
+            "CREATE INDEX request_log_hourly_app ON request_log_hourly (app_id, hour)",
+            # For REQUEST_LOG_ROLLUP_RETENTION_DAYS: purging by hour without a full scan.
+            "CREATE INDEX request_log_hourly_hour ON request_log_hourly (hour)",
+            # The highest request_log.id folded into the rollups: reads add the raw rows
+            # above it. 0: the rows already there are folded by the first rolls.
+            """CREATE TABLE request_log_rollup (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                rolled_id {bigint} NOT NULL
+            )""",
+            "INSERT INTO request_log_rollup (id, rolled_id) VALUES (1, 0)",
         ),
     ),
 )

@@ -12,7 +12,8 @@
   (a peer gone silent) is bounded by a command timeout, so nothing wedges; the pool
   reconnects by itself when the server returns.
 - Migrations take a transaction-scoped advisory lock, so instances starting together
-  apply each migration once.
+  apply each migration once. Request-log rolls lock `request_log` against inserts for
+  their (short) transaction, see `_lock_for_rollup`.
 """
 
 from __future__ import annotations
@@ -278,6 +279,15 @@ class PostgresStorage(SQLStorage):
             return await super().migrate()
         finally:
             self._write_timeout = None
+
+    _for_update = " FOR UPDATE"
+
+    async def _lock_for_rollup(self, tx: Tx) -> None:
+        # Ids are drawn when an insert runs but become visible when it commits, not in id
+        # order: this lock waits for every insert in flight and holds new ones back until
+        # the roll commits, so no id below the new rolled_id can appear later. It also
+        # serialises rollers on several instances.
+        await tx.execute("LOCK TABLE request_log IN SHARE ROW EXCLUSIVE MODE")
 
     async def _lock_for_migration(self, tx: Tx) -> None:
         # Held until the migration's transaction ends; concurrent starters wait here,

@@ -158,6 +158,9 @@ class SQLStorage(Storage):
     async def delete_user(self, user_id: str) -> bool:
         async with self._write() as tx:
             await tx.execute("DELETE FROM request_log WHERE user_id = ?", (user_id,))
+            # After request_log (a roll in progress is waited for), under the rollup lock.
+            await _rolled_id(tx, self._for_update)
+            await tx.execute("DELETE FROM request_log_hourly WHERE user_id = ?", (user_id,))
             await tx.execute("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
             await tx.execute("DELETE FROM scoped_tokens WHERE user_id = ?", (user_id,))
             await tx.execute("DELETE FROM budgets WHERE user_id = ?", (user_id,))
@@ -408,34 +411,99 @@ class SQLStorage(Storage):
                     [(ts, user, prov, ts) for (user, prov), ts in last_used.items()],
                 )
 
+    # Rollups: request_log_hourly holds every raw row with id <= request_log_rollup's
+    # rolled_id, summed per (user, hour, provider, model, token). Each read adds the raw
+    # rows above rolled_id in the same statement: one snapshot, so a roll committing
+    # meanwhile is neither counted twice nor missed (PostgreSQL gives each statement of
+    # a read its own snapshot).
+    async def roll_up_request_log(self, limit: int) -> int:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        greatest = "MAX" if self.dialect == "sqlite" else "GREATEST"
+        async with self._write() as tx:
+            await self._lock_for_rollup(tx)
+            rolled = await _rolled_id(tx, self._for_update)
+            # The next `limit` ids, wherever they are: gaps (rolled-back inserts, erased
+            # users) never stall the roll.
+            batch = await tx.fetchone(
+                "SELECT COUNT(*), MAX(id) FROM"
+                " (SELECT id FROM request_log WHERE id > ? ORDER BY id LIMIT ?) b",
+                (rolled, limit),
+            )
+            if batch is None or not batch[0]:
+                return 0
+            count, upper = int(batch[0]), int(batch[1])
+            # The WHERE also keeps SQLite from reading ON CONFLICT as a join constraint.
+            # Only fixed fragments are interpolated (S608); the values are bound.
+            await tx.execute(
+                "INSERT INTO request_log_hourly (user_id, hour, provider, model, token_id,"  # noqa: S608
+                " app_id, requests, errors, input_tokens, output_tokens, last_at)"
+                f" SELECT user_id, created_at - created_at % {_HOUR_MS} AS h, provider,"
+                " COALESCE(model, '') AS m, COALESCE(token_id, '') AS tok, MIN(app_id),"
+                f" COUNT(*), SUM({_ERROR}), SUM(COALESCE(input_tokens, 0)),"
+                " SUM(COALESCE(output_tokens, 0)), MAX(created_at)"
+                " FROM request_log WHERE id > ? AND id <= ?"
+                " GROUP BY user_id, h, provider, m, tok"
+                " ON CONFLICT (user_id, hour, provider, model, token_id) DO UPDATE SET"
+                " requests = request_log_hourly.requests + excluded.requests,"
+                " errors = request_log_hourly.errors + excluded.errors,"
+                " input_tokens = request_log_hourly.input_tokens + excluded.input_tokens,"
+                " output_tokens = request_log_hourly.output_tokens + excluded.output_tokens,"
+                f" last_at = {greatest}(request_log_hourly.last_at, excluded.last_at)",
+                (rolled, upper),
+            )
+            await tx.execute("UPDATE request_log_rollup SET rolled_id = ? WHERE id = 1", (upper,))
+        return count
+
+    async def _lock_for_rollup(self, tx: Tx) -> None:
+        """Engines whose ids can commit out of order (PostgreSQL) wait here for inserts in
+        flight; SQLite's write transaction already excludes every other writer."""
+
+    #: Appended to a SELECT of the rollup state row in a write: serialises the writers of
+    #: request_log_hourly on that row (their row locks then never cross: no deadlock).
+    _for_update = ""
+
     async def purge_request_log(self, before: int) -> int:
         async with self._write() as tx:
-            return await tx.execute("DELETE FROM request_log WHERE created_at < ?", (before,))
+            # Never a raw row not yet rolled up: the reads would lose it.
+            return await tx.execute(
+                "DELETE FROM request_log WHERE created_at < ?"
+                " AND id <= (SELECT rolled_id FROM request_log_rollup)",
+                (before,),
+            )
+
+    async def purge_request_log_rollups(self, before: int) -> int:
+        async with self._write() as tx:
+            await _rolled_id(tx, self._for_update)
+            return await tx.execute(
+                "DELETE FROM request_log_hourly WHERE hour < ?", (before - before % _HOUR_MS,)
+            )
 
     async def usage_stats(self, column: str, value: str, now: int) -> dict[str, Any]:
         if column not in ("user_id", "app_id"):  # never interpolate anything else
             raise ValueError(column)
         day = 86_400_000
-        where = f"FROM request_log WHERE {column} = ?"  # column is one of two fixed names
-        error = "CASE WHEN status < 200 OR status >= 300 THEN 1 ELSE 0 END"
+        since_7d, since_30d = _hour_of(now - 7 * day), _hour_of(now - 30 * day)
+        usage = _usage(f"{column} = ?", f"{column} = ?")  # column is one of two fixed names
+        both = (value, value)
         async with self._read() as tx:
             totals = await tx.fetchone(
-                f"SELECT COUNT(*), SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END),"
-                f" SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END), SUM({error}),"
-                f" SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),"
-                f" MAX(created_at), COUNT(DISTINCT user_id) {where}",
-                (now - 7 * day, now - 30 * day, value),
+                "SELECT SUM(requests), SUM(CASE WHEN t >= ? THEN requests ELSE 0 END),"
+                " SUM(CASE WHEN t >= ? THEN requests ELSE 0 END), SUM(errors),"
+                " SUM(input_tokens), SUM(output_tokens), MAX(last_at),"
+                f" COUNT(DISTINCT user_id) {usage}",
+                (since_7d, since_30d, *both),
             )
             providers = await tx.fetchall(
-                f"SELECT provider, COUNT(*), SUM({error}) {where}"
-                " GROUP BY provider ORDER BY COUNT(*) DESC",
-                (value,),
+                f"SELECT provider, SUM(requests), SUM(errors) {usage}"
+                " GROUP BY provider ORDER BY SUM(requests) DESC, provider",
+                both,
             )
             models = await tx.fetchall(
-                f"SELECT model, COUNT(*), SUM(COALESCE(input_tokens, 0)),"
-                f" SUM(COALESCE(output_tokens, 0)) {where} AND model IS NOT NULL"
-                " GROUP BY model ORDER BY COUNT(*) DESC, model LIMIT 10",
-                (value,),
+                "SELECT model, SUM(requests), SUM(input_tokens), SUM(output_tokens)"
+                f" {usage} WHERE model <> ''"
+                " GROUP BY model ORDER BY SUM(requests) DESC, model LIMIT 10",
+                both,
             )
         t = totals or (0, 0, 0, 0, 0, 0, None, 0)
         total = int(t[0] or 0)
@@ -463,24 +531,61 @@ class SQLStorage(Storage):
         }
 
     async def usage_since(self, user_id: str, since: int) -> dict[str, UsageTotals]:
+        if since % _HOUR_MS:  # a rollup row cannot be split inside its hour
+            raise ValueError("since must be the start of an hour (UTC)")
+        usage = _usage("user_id = ? AND hour >= ?", "user_id = ? AND created_at >= ?")
         async with self._read() as tx:
             rows = await tx.fetchall(
-                "SELECT provider, COUNT(*), SUM(COALESCE(input_tokens, 0)),"
-                " SUM(COALESCE(output_tokens, 0)), MAX(created_at) FROM request_log"
-                " WHERE user_id = ? AND created_at >= ? GROUP BY provider",
-                (user_id, since),
+                "SELECT provider, SUM(requests), SUM(input_tokens), SUM(output_tokens),"
+                f" MAX(last_at) {usage} GROUP BY provider",
+                (user_id, since, user_id, since),
             )
         return {r[0]: _totals(r) for r in rows}
 
     async def usage_by_token(self, user_id: str) -> dict[str, UsageTotals]:
+        usage = _usage("user_id = ? AND token_id <> ''", "user_id = ? AND token_id IS NOT NULL")
         async with self._read() as tx:
             rows = await tx.fetchall(
-                "SELECT token_id, COUNT(*), SUM(COALESCE(input_tokens, 0)),"
-                " SUM(COALESCE(output_tokens, 0)), MAX(created_at) FROM request_log"
-                " WHERE user_id = ? AND token_id IS NOT NULL GROUP BY token_id",
-                (user_id,),
+                "SELECT token_id, SUM(requests), SUM(input_tokens), SUM(output_tokens),"
+                f" MAX(last_at) {usage} GROUP BY token_id",
+                (user_id, user_id),
             )
         return {r[0]: _totals(r) for r in rows}
+
+
+_HOUR_MS = 3_600_000
+_ERROR = "CASE WHEN status < 200 OR status >= 300 THEN 1 ELSE 0 END"
+_ROLLED = "(SELECT rolled_id FROM request_log_rollup)"
+
+
+def _usage(hourly_where: str, raw_where: str) -> str:
+    """`FROM` the usage rows both tables give, as one subquery: the rollups matching
+    `hourly_where` and the raw rows not yet rolled up matching `raw_where` (each served
+    by its table's indexes). Columns: user_id, provider, model and token_id ('' for
+    none), t (the hour, or the raw row's time), requests, errors, input_tokens,
+    output_tokens, last_at."""
+    # Only fixed fragments are interpolated (S608): callers' conditions bind their values.
+    return (
+        "FROM (SELECT user_id, provider, model, token_id, hour AS t, requests, errors,"  # noqa: S608
+        " input_tokens, output_tokens, last_at"
+        f" FROM request_log_hourly WHERE {hourly_where}"
+        " UNION ALL"
+        " SELECT user_id, provider, COALESCE(model, ''), COALESCE(token_id, ''), created_at,"
+        f" 1, {_ERROR}, COALESCE(input_tokens, 0), COALESCE(output_tokens, 0), created_at"
+        f" FROM request_log WHERE {raw_where} AND id > {_ROLLED}) u"
+    )
+
+
+def _hour_of(ms: int) -> int:
+    return ms - ms % _HOUR_MS
+
+
+async def _rolled_id(tx: Tx, for_update: str) -> int:
+    sql = "SELECT rolled_id FROM request_log_rollup WHERE id = 1" + for_update  # noqa: S608
+    row = await tx.fetchone(sql)
+    if row is None:  # migration 5 inserts it; without it every read would be wrong
+        raise RuntimeError("the request_log_rollup row is missing")
+    return int(row[0])
 
 
 def _totals(r: Row) -> UsageTotals:
